@@ -1,0 +1,385 @@
+//! The message stream after DATA or BDAT: line-ending strictness, dot-unstuffing, limits.
+//!
+//! RFC 5321 §4.1.1.4: the message ends with the line `.` alone, i.e. `<CRLF>.<CRLF>`; lines that
+//! begin with a dot have it doubled by the client (§4.5.2) and the first dot is removed here.
+//! RFC 5321 §2.3.8: lines end with CRLF only. A bare LF or bare CR is never taken as a line end,
+//! so `\n.\n`, `\r\n.\n` or `\r.\r` cannot end the message early: that is the SMTP smuggling
+//! class (CVE-2023-51764 and siblings), where servers disagreeing on the end of DATA let one
+//! message hide another. A message containing a bare CR or LF is refused outright, because a
+//! later hop could read it differently.
+//!
+//! The decoder works on arbitrary chunks (a line may be split across reads) and keeps no more
+//! than the decoded message, which it stops growing once the size limit is passed.
+
+use crate::reply::{Reply, codes};
+
+/// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including the CRLF.
+pub const MAX_TEXT_LINE: usize = 1000;
+
+/// Which framing the stream uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// DATA: dot-stuffed, ends at `<CRLF>.<CRLF>`.
+    Dot,
+    /// BDAT: length-delimited chunks, no dot handling (RFC 3030).
+    Chunked,
+}
+
+/// A defect found in the message; the message is refused at its end with this reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataDefect {
+    /// A LF not preceded by CR.
+    BareLf,
+    /// A CR not followed by LF.
+    BareCr,
+    /// A line longer than [`MAX_TEXT_LINE`].
+    LineTooLong,
+    /// More octets than the configured maximum message size.
+    TooBig,
+}
+
+impl DataDefect {
+    /// The reply refusing a message with this defect.
+    pub fn reply(self, max_size: u64) -> Reply {
+        match self {
+            DataDefect::BareLf => Reply::new(
+                550,
+                codes::MEDIA,
+                "Message refused: bare LF in message data; lines must end with CRLF (RFC 5321 section 2.3.8)",
+            ),
+            DataDefect::BareCr => Reply::new(
+                550,
+                codes::MEDIA,
+                "Message refused: bare CR in message data; lines must end with CRLF (RFC 5321 section 2.3.8)",
+            ),
+            DataDefect::LineTooLong => Reply::new(
+                500,
+                codes::SYNTAX,
+                "Line too long: message text lines are limited to 1000 octets (RFC 5321 section 4.5.3.1.6)",
+            ),
+            DataDefect::TooBig => Reply::new(
+                552,
+                codes::TOO_BIG,
+                format!("Message size exceeds fixed maximum message size of {max_size} octets"),
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line.
+    LineStart,
+    /// A line started with a dot (DATA framing only); the dot is held back.
+    Dot,
+    /// `.` then CR at the start of a line: LF here ends the message.
+    DotCr,
+    /// Inside a line.
+    InLine,
+    /// A CR inside a line: LF here ends the line.
+    Cr,
+}
+
+/// Incremental decoder for the message stream. Feed it chunks with [`DataDecoder::feed`].
+#[derive(Debug, Clone)]
+pub struct DataDecoder {
+    framing: Framing,
+    state: State,
+    line_len: usize,
+    max_size: u64,
+    size: u64,
+    body: Vec<u8>,
+    defect: Option<DataDefect>,
+}
+
+/// What [`DataDecoder::feed`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fed {
+    /// How many input octets were used. Octets after the end of DATA belong to the next command.
+    pub consumed: usize,
+    /// True when `<CRLF>.<CRLF>` was seen (DATA framing only).
+    pub complete: bool,
+}
+
+impl DataDecoder {
+    /// A decoder that refuses messages over `max_size` octets (after unstuffing).
+    pub fn new(framing: Framing, max_size: u64) -> Self {
+        DataDecoder {
+            framing,
+            state: State::LineStart,
+            line_len: 0,
+            max_size,
+            size: 0,
+            body: Vec::new(),
+            defect: None,
+        }
+    }
+
+    /// Octets of message counted so far, including those dropped after the limit.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The first defect found, if any.
+    pub fn defect(&self) -> Option<DataDefect> {
+        self.defect
+    }
+
+    /// Decodes a chunk. With DATA framing it stops right after the terminating `.CRLF`.
+    pub fn feed(&mut self, input: &[u8]) -> Fed {
+        for (i, &b) in input.iter().enumerate() {
+            self.line_len += 1;
+            if self.line_len > MAX_TEXT_LINE {
+                self.flag(DataDefect::LineTooLong);
+            }
+            match self.state {
+                State::LineStart if b == b'.' && self.framing == Framing::Dot => {
+                    self.state = State::Dot;
+                }
+                State::Dot if b == b'\r' => self.state = State::DotCr,
+                State::DotCr if b == b'\n' => {
+                    self.state = State::LineStart;
+                    self.line_len = 0;
+                    return Fed {
+                        consumed: i + 1,
+                        complete: true,
+                    };
+                }
+                State::DotCr => {
+                    // ".\r" followed by something else: the CR was bare. The dot was a
+                    // stuffing dot (removed), the CR is kept as content.
+                    self.flag(DataDefect::BareCr);
+                    self.push(b'\r');
+                    self.content(b);
+                }
+                State::Cr if b == b'\n' => {
+                    self.push(b'\r');
+                    self.push(b'\n');
+                    self.state = State::LineStart;
+                    self.line_len = 0;
+                }
+                State::Cr => {
+                    self.flag(DataDefect::BareCr);
+                    self.push(b'\r');
+                    self.content(b);
+                }
+                // LineStart (non-dot), Dot (first dot removed), InLine.
+                _ => self.content(b),
+            }
+        }
+        Fed {
+            consumed: input.len(),
+            complete: false,
+        }
+    }
+
+    /// Ends a BDAT message: a final line without CRLF gets one (RFC 3030 leaves the message
+    /// to the client, RFC 5322 wants it to end in CRLF). Returns the message or its defect.
+    pub fn finish(mut self) -> Result<Vec<u8>, DataDefect> {
+        if self.framing == Framing::Chunked {
+            match self.state {
+                State::Cr => {
+                    self.flag(DataDefect::BareCr);
+                }
+                State::InLine => {
+                    self.push(b'\r');
+                    self.push(b'\n');
+                }
+                _ => {}
+            }
+        }
+        match self.defect {
+            Some(d) => Err(d),
+            None => Ok(self.body),
+        }
+    }
+
+    /// One octet of line content (not a line end).
+    fn content(&mut self, b: u8) {
+        match b {
+            b'\r' => self.state = State::Cr,
+            b'\n' => {
+                // A bare LF: content, never a line end, so it cannot start a "." line.
+                self.flag(DataDefect::BareLf);
+                self.push(b);
+                self.state = State::InLine;
+            }
+            _ => {
+                self.push(b);
+                self.state = State::InLine;
+            }
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        self.size += 1;
+        if self.size > self.max_size {
+            self.flag(DataDefect::TooBig);
+        } else if self.defect.is_none() {
+            self.body.push(b);
+        }
+    }
+
+    fn flag(&mut self, d: DataDefect) {
+        if self.defect.is_none() {
+            self.defect = Some(d);
+            // The message will be refused: keep no more of it.
+            self.body = Vec::new();
+        }
+    }
+}
+
+/// Dot-stuffs a message for sending with DATA (RFC 5321 §4.5.2): the inverse of the decoder,
+/// used by the SMTP client and by tests. The input must end with CRLF.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 8);
+    let mut at_line_start = true;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(input: &[u8]) -> (Result<Vec<u8>, DataDefect>, Fed) {
+        let mut d = DataDecoder::new(Framing::Dot, 1 << 20);
+        let fed = d.feed(input);
+        (d.finish(), fed)
+    }
+
+    #[test]
+    fn simple_message() {
+        let (body, fed) = decode(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n");
+        assert_eq!(body, Ok(b"Subject: x\r\n\r\nhello\r\n".to_vec()));
+        assert!(fed.complete);
+        assert_eq!(fed.consumed, 24);
+    }
+
+    #[test]
+    fn empty_message() {
+        let (body, fed) = decode(b".\r\n");
+        assert_eq!(body, Ok(Vec::new()));
+        assert!(fed.complete);
+    }
+
+    #[test]
+    fn dots_are_unstuffed() {
+        let (body, _) = decode(b"..leading\r\n...\r\n.x\r\nmid.dle\r\n.\r\n");
+        assert_eq!(body, Ok(b".leading\r\n..\r\nx\r\nmid.dle\r\n".to_vec()));
+    }
+
+    #[test]
+    fn stuffing_round_trip() {
+        let msgs: [&[u8]; 4] = [b"a\r\n", b".\r\n..\r\n", b"x\r\n.\r\n.y\r\n", b""];
+        for m in msgs {
+            let (body, fed) = decode(&dot_stuff(m));
+            assert!(fed.complete);
+            assert_eq!(body, Ok(m.to_vec()));
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_equals_whole() {
+        let input = b"a\r\n..b\r\nc\r\n.\r\n";
+        let mut d = DataDecoder::new(Framing::Dot, 1 << 20);
+        let mut done = false;
+        for (i, b) in input.iter().enumerate() {
+            let fed = d.feed(std::slice::from_ref(b));
+            assert_eq!(fed.consumed, 1);
+            if fed.complete {
+                assert_eq!(i, input.len() - 1);
+                done = true;
+            }
+        }
+        assert!(done);
+        assert_eq!(d.finish(), Ok(b"a\r\n.b\r\nc\r\n".to_vec()));
+    }
+
+    /// The smuggling vectors: none of these may end DATA, and all make the message refused.
+    #[test]
+    fn smuggling_vectors_do_not_end_data() {
+        let vectors: [(&[u8], DataDefect); 5] = [
+            (b"a\n.\nMAIL FROM:<x@y>\n", DataDefect::BareLf),
+            (b"a\r\n.\nMAIL FROM:<x@y>\r\n", DataDefect::BareLf),
+            (b"a\n.\r\nMAIL FROM:<x@y>\r\n", DataDefect::BareLf),
+            (b"a\r.\rMAIL FROM:<x@y>\r\n", DataDefect::BareCr),
+            (b"a\r\n.\rMAIL FROM:<x@y>\r\n", DataDefect::BareCr),
+        ];
+        for (v, defect) in vectors {
+            let mut d = DataDecoder::new(Framing::Dot, 1 << 20);
+            let fed = d.feed(v);
+            assert!(!fed.complete, "{v:?} ended DATA");
+            let fed = d.feed(b"\r\n.\r\n");
+            assert!(fed.complete, "real end not seen after {v:?}");
+            assert_eq!(d.finish(), Err(defect), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn bare_lf_and_cr_inside_lines() {
+        assert_eq!(decode(b"a\nb\r\n.\r\n").0, Err(DataDefect::BareLf));
+        assert_eq!(decode(b"a\rb\r\n.\r\n").0, Err(DataDefect::BareCr));
+        assert_eq!(decode(b"a\r\r\n.\r\n").0, Err(DataDefect::BareCr));
+    }
+
+    #[test]
+    fn line_length_limit() {
+        let mut ok = vec![b'x'; 998];
+        ok.extend_from_slice(b"\r\n.\r\n");
+        assert!(decode(&ok).0.is_ok());
+        let mut long = vec![b'x'; 999];
+        long.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(decode(&long).0, Err(DataDefect::LineTooLong));
+        // A stuffed dot counts on the wire: 999 octets including it is too long.
+        let mut stuffed = vec![b'.'; 1];
+        stuffed.extend(vec![b'x'; 998]);
+        stuffed.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(decode(&stuffed).0, Err(DataDefect::LineTooLong));
+    }
+
+    #[test]
+    fn size_limit_stops_growth() {
+        let mut d = DataDecoder::new(Framing::Dot, 10);
+        let fed = d.feed(b"0123456789\r\nmore\r\n");
+        assert!(!fed.complete);
+        assert!(d.body.is_empty(), "refused message must not keep growing");
+        let fed = d.feed(b".\r\n");
+        assert!(fed.complete);
+        assert_eq!(d.size(), 18);
+        assert_eq!(d.finish(), Err(DataDefect::TooBig));
+    }
+
+    #[test]
+    fn chunked_framing_keeps_dots_and_adds_final_crlf() {
+        let mut d = DataDecoder::new(Framing::Chunked, 100);
+        assert_eq!(d.feed(b".\r\n.x\r\nlast").complete, false);
+        assert_eq!(d.finish(), Ok(b".\r\n.x\r\nlast\r\n".to_vec()));
+        let mut d = DataDecoder::new(Framing::Chunked, 100);
+        d.feed(b"a\nb\r\n");
+        assert_eq!(d.finish(), Err(DataDefect::BareLf));
+        let mut d = DataDecoder::new(Framing::Chunked, 100);
+        d.feed(b"a\r");
+        assert_eq!(d.finish(), Err(DataDefect::BareCr));
+    }
+
+    #[test]
+    fn defects_have_replies() {
+        for d in [
+            DataDefect::BareLf,
+            DataDefect::BareCr,
+            DataDefect::LineTooLong,
+            DataDefect::TooBig,
+        ] {
+            let r = d.reply(10);
+            assert!(r.is_permanent() && r.enhanced.is_some());
+        }
+    }
+}
