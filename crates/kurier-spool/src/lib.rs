@@ -1,1 +1,36 @@
+//! # kurier-spool: the durable mail queue
+//!
+//! Every message Kurier accepts is in the spool before the client hears `250`, and stays there
+//! until each recipient is delivered or has failed for good. The spool knows files, not time or
+//! destinations: scheduling lives in the server.
+//!
+//! ## Layout
+//! ```text
+//! spool/
+//!   tmp/          files being written; anything here at startup was never acknowledged
+//!   queue/<id>    committed messages: header line, envelope (JSON), message bytes
+//!   state/<id>    the current envelope once delivery made progress (supersedes the one
+//!                 inside queue/<id>)
+//!   corrupt/      files that failed validation; kept for the admin, never deleted
+//! ```
+//!
+//! ## Commit protocol
+//! 1. Write header, envelope and message into `tmp/<id>`; fsync the file.
+//! 2. Rename it to `queue/<id>` (the commit point: rename is atomic).
+//! 3. Fsync the `queue/` directory so the rename survives a crash.
+//!
+//! Only then may the server reply `250`. A crash before step 3 completes leaves either nothing
+//! or a complete file; a partially written file can only ever be in `tmp/`, which recovery
+//! empties. State updates use the same write-fsync-rename-fsync sequence on `state/<id>`.
+//!
+//! The queue file carries its own lengths, so recovery detects truncation or damage and moves
+//! such a file to `corrupt/` instead of guessing.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod envelope;
+mod store;
+
+pub use envelope::{Envelope, NotifyFlags, QueueId, RecipientState, RecipientStatus};
+pub use store::{Recovery, Spool, SpoolError};

@@ -1,0 +1,432 @@
+//! The spool directory: commit, update, load, remove, recover.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::envelope::{Envelope, QueueId};
+
+const MAGIC: &str = "KURIER-QUEUE 1";
+
+/// Spool failures. `NoSpace` is separate so the server can answer 452 4.3.1.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// The file system is full (ENOSPC) or over quota (EDQUOT).
+    #[error("no space left on spool device writing {path}")]
+    NoSpace {
+        /// The file being written.
+        path: PathBuf,
+    },
+    /// Any other I/O error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A queue or state file failed validation.
+    #[error("corrupt spool file {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No message with this id.
+    #[error("no queued message {0}")]
+    NotFound(QueueId),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| match source.raw_os_error() {
+        // ENOSPC, EDQUOT
+        Some(28) | Some(122) => SpoolError::NoSpace {
+            path: path.to_path_buf(),
+        },
+        _ => SpoolError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
+/// What startup recovery found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Envelopes of the messages still queued, oldest first.
+    pub queued: Vec<Envelope>,
+    /// Unacknowledged files removed from `tmp/`.
+    pub removed_tmp: usize,
+    /// Files moved to `corrupt/`.
+    pub quarantined: usize,
+}
+
+/// A spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root` and recovers its content: empties
+    /// `tmp/`, validates every queued message and quarantines the damaged ones.
+    pub fn open(root: impl Into<PathBuf>) -> Result<(Spool, Recovery), SpoolError> {
+        let spool = Spool { root: root.into() };
+        for dir in ["tmp", "queue", "state", "corrupt"] {
+            let p = spool.root.join(dir);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let recovery = spool.recover()?;
+        Ok((spool, recovery))
+    }
+
+    /// The spool's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn queue_path(&self, id: &QueueId) -> PathBuf {
+        self.root.join("queue").join(id.as_str())
+    }
+
+    fn state_path(&self, id: &QueueId) -> PathBuf {
+        self.root.join("state").join(id.as_str())
+    }
+
+    /// Makes a new message durable. Returns only after the file and its directory entry are
+    /// on disk; the caller may then acknowledge the message.
+    pub fn commit(&self, envelope: &Envelope, body: &[u8]) -> Result<(), SpoolError> {
+        let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Corrupt {
+            path: self.queue_path(&envelope.id),
+            reason: e.to_string(),
+        })?;
+        let header = format!("{MAGIC} {} {}\n", json.len(), body.len());
+        let mut content = Vec::with_capacity(header.len() + json.len() + 1 + body.len());
+        content.extend_from_slice(header.as_bytes());
+        content.extend_from_slice(&json);
+        content.push(b'\n');
+        content.extend_from_slice(body);
+        let dest = self.queue_path(&envelope.id);
+        if dest.exists() {
+            return Err(SpoolError::Io {
+                path: dest,
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "queue id already in use"),
+            });
+        }
+        self.write_durably(envelope.id.as_str(), &content, &dest)
+    }
+
+    /// Records delivery progress (the whole envelope, atomically).
+    pub fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
+        let dest = self.state_path(&envelope.id);
+        let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Corrupt {
+            path: dest.clone(),
+            reason: e.to_string(),
+        })?;
+        self.write_durably(&format!("{}.state", envelope.id), &json, &dest)
+    }
+
+    /// write tmp → fsync → rename → fsync directory.
+    fn write_durably(&self, tmp_name: &str, content: &[u8], dest: &Path) -> Result<(), SpoolError> {
+        let tmp = self.root.join("tmp").join(tmp_name);
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
+            f.write_all(content).map_err(io_err(&tmp))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+            fs::rename(&tmp, dest).map_err(io_err(dest))?;
+            let dir = dest.parent().unwrap_or(&self.root);
+            sync_dir(dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Loads a message: its current envelope and its bytes.
+    pub fn load(&self, id: &QueueId) -> Result<(Envelope, Vec<u8>), SpoolError> {
+        let path = self.queue_path(id);
+        let mut data = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => SpoolError::NotFound(id.clone()),
+                _ => io_err(&path)(e),
+            })?;
+        let (mut envelope, body_start) =
+            parse_queue_file(&data).map_err(|reason| SpoolError::Corrupt {
+                path: path.clone(),
+                reason,
+            })?;
+        if let Some(state) = self.load_state(id)? {
+            envelope = state;
+        }
+        data.drain(..body_start);
+        Ok((envelope, data))
+    }
+
+    /// Loads only the current envelope.
+    pub fn envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
+        if let Some(state) = self.load_state(id)? {
+            if self.queue_path(id).exists() {
+                return Ok(state);
+            }
+        }
+        self.load(id).map(|(e, _)| e)
+    }
+
+    fn load_state(&self, id: &QueueId) -> Result<Option<Envelope>, SpoolError> {
+        let path = self.state_path(id);
+        match fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| SpoolError::Corrupt {
+                        path,
+                        reason: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Removes a finished message. The state file goes first, so a crash in between leaves
+    /// the original envelope, never a state file without its message.
+    pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let state = self.state_path(id);
+        match fs::remove_file(&state) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&state)(e)),
+        }
+        let path = self.queue_path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpoolError::NotFound(id.clone())),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Ids of all queued messages, oldest first.
+    pub fn ids(&self) -> Result<Vec<QueueId>, SpoolError> {
+        let dir = self.root.join("queue");
+        let mut ids: Vec<QueueId> = fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| QueueId::parse(&e.file_name().to_string_lossy()))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn recover(&self) -> Result<Recovery, SpoolError> {
+        let mut rec = Recovery::default();
+        let tmp = self.root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            if fs::remove_file(entry.path()).is_ok() {
+                rec.removed_tmp += 1;
+            }
+        }
+        for id in self.ids()? {
+            match self.load(&id) {
+                Ok((envelope, _)) if envelope.id == id => rec.queued.push(envelope),
+                Ok(_) => {
+                    self.quarantine(&id)?;
+                    rec.quarantined += 1;
+                }
+                Err(SpoolError::Corrupt { .. }) => {
+                    self.quarantine(&id)?;
+                    rec.quarantined += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // State files whose message is gone (a crash during remove) are leftovers.
+        let state_dir = self.root.join("state");
+        for entry in fs::read_dir(&state_dir)
+            .map_err(io_err(&state_dir))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if QueueId::parse(&name).is_none_or(|id| !self.queue_path(&id).exists()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(rec)
+    }
+
+    fn quarantine(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let corrupt = self.root.join("corrupt");
+        for (src, suffix) in [(self.queue_path(id), ""), (self.state_path(id), ".state")] {
+            if src.exists() {
+                let dest = corrupt.join(format!("{id}{suffix}"));
+                fs::rename(&src, &dest).map_err(io_err(&src))?;
+            }
+        }
+        sync_dir(&self.root.join("queue"))
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Validates a queue file: header with lengths, JSON envelope, exact body length.
+fn parse_queue_file(data: &[u8]) -> Result<(Envelope, usize), String> {
+    let nl = data
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no header line")?;
+    let header = std::str::from_utf8(&data[..nl]).map_err(|_| "header is not UTF-8")?;
+    let rest = header.strip_prefix(MAGIC).ok_or("bad magic")?;
+    let mut nums = rest.split_ascii_whitespace().map(str::parse::<usize>);
+    let (Some(Ok(json_len)), Some(Ok(body_len)), None) = (nums.next(), nums.next(), nums.next())
+    else {
+        return Err("bad header lengths".into());
+    };
+    let json_start = nl + 1;
+    let body_start = json_start
+        .checked_add(json_len)
+        .and_then(|n| n.checked_add(1))
+        .ok_or("length overflow")?;
+    if data.len() != body_start.checked_add(body_len).ok_or("length overflow")? {
+        return Err(format!(
+            "file is {} bytes, header says {}",
+            data.len(),
+            body_start + body_len
+        ));
+    }
+    if data[body_start - 1] != b'\n' {
+        return Err("missing envelope terminator".into());
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(&data[json_start..body_start - 1]).map_err(|e| e.to_string())?;
+    if envelope.size != body_len as u64 {
+        return Err("envelope size does not match body".into());
+    }
+    Ok((envelope, body_start))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::envelope::{RecipientState, RecipientStatus};
+
+    fn envelope(body: &[u8]) -> Envelope {
+        Envelope {
+            id: QueueId::generate(),
+            received_at: 1,
+            sender: "a@x.test".into(),
+            recipients: vec![
+                RecipientState::new("u@local.test".into(), true),
+                RecipientState::new("v@remote.test".into(), false),
+            ],
+            size: body.len() as u64,
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            client_ip: "127.0.0.1".into(),
+            helo: "c".into(),
+            auth_user: None,
+            hold: false,
+        }
+    }
+
+    #[test]
+    fn commit_then_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, rec) = Spool::open(dir.path()).unwrap();
+        assert!(rec.queued.is_empty());
+        let body = b"Subject: x\r\n\r\nhello\r\n";
+        let env = envelope(body);
+        spool.commit(&env, body).unwrap();
+        assert!(
+            spool.commit(&env, body).is_err(),
+            "an id is never overwritten"
+        );
+        drop(spool);
+        let (spool, rec) = Spool::open(dir.path()).unwrap();
+        assert_eq!(rec.queued, vec![env.clone()]);
+        let (e, b) = spool.load(&env.id).unwrap();
+        assert_eq!(e, env);
+        assert_eq!(b, body);
+    }
+
+    #[test]
+    fn state_supersedes_and_remove_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let mut env = envelope(b"x\r\n");
+        spool.commit(&env, b"x\r\n").unwrap();
+        env.recipients[0].status = RecipientStatus::Delivered {
+            at: 2,
+            detail: "maildir".into(),
+        };
+        env.recipients[1].attempts = 1;
+        spool.update(&env).unwrap();
+        let (_, rec) = Spool::open(dir.path()).unwrap();
+        assert_eq!(rec.queued, vec![env.clone()]);
+        assert_eq!(spool.envelope(&env.id).unwrap(), env);
+        spool.remove(&env.id).unwrap();
+        assert!(matches!(spool.load(&env.id), Err(SpoolError::NotFound(_))));
+        assert!(matches!(
+            spool.remove(&env.id),
+            Err(SpoolError::NotFound(_))
+        ));
+        assert!(spool.ids().unwrap().is_empty());
+    }
+
+    #[test]
+    fn recovery_empties_tmp_and_quarantines_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let good = envelope(b"good\r\n");
+        spool.commit(&good, b"good\r\n").unwrap();
+        let bad = envelope(b"bad body\r\n");
+        spool.commit(&bad, b"bad body\r\n").unwrap();
+        // Truncate the second file, as a disk fault would.
+        let path = dir.path().join("queue").join(bad.id.as_str());
+        let data = fs::read(&path).unwrap();
+        fs::write(&path, &data[..data.len() - 3]).unwrap();
+        fs::write(dir.path().join("queue").join("not-an-id"), b"junk").unwrap();
+        fs::write(dir.path().join("tmp").join("half-written"), b"partial").unwrap();
+        fs::write(
+            dir.path().join("state").join(QueueId::generate().as_str()),
+            b"{}",
+        )
+        .unwrap();
+        let (_, rec) = Spool::open(dir.path()).unwrap();
+        assert_eq!(rec.queued, vec![good]);
+        assert_eq!(rec.quarantined, 1);
+        assert_eq!(rec.removed_tmp, 1);
+        assert!(dir.path().join("corrupt").join(bad.id.as_str()).exists());
+        assert_eq!(fs::read_dir(dir.path().join("state")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn parse_rejects_malformed_headers() {
+        for bad in [
+            &b""[..],
+            b"KURIER-QUEUE 1 5\n",
+            b"OTHER 1 1 1\n{}\nx",
+            b"KURIER-QUEUE 1 2 0\n{}x",
+            b"KURIER-QUEUE 1 99999999999999999999999 1\n",
+        ] {
+            assert!(parse_queue_file(bad).is_err(), "{bad:?}");
+        }
+    }
+}
