@@ -1,1 +1,27 @@
+//! # Kurier: the mail server
+//!
+//! The server crate: everything that does I/O. The protocol itself lives in `kurier-smtp`
+//! (sans-IO) and the queue in `kurier-spool`.
+//!
+//! ## Layout
+//! - [`config`]: the TOML configuration and its embedded default.
+//! - [`directory`]: local domains, users (argon2), aliases, mailbox paths.
+//! - [`server`]: listeners, connection limits, startup order, graceful shutdown.
+//! - [`connection`]: drives one SMTP session over TCP/TLS.
+//! - [`inbound`]: relay and recipient policy; the durable commit before `250`.
+//! - [`delivery`]: local delivery workers and retries.
+//! - [`maildir`]: Maildir writing with fsync.
+//! - [`tls`]: certificates (configured or self-signed) and rustls setup.
+//! - [`privilege`]: switching to an unprivileged user after binding.
 
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod connection;
+pub mod delivery;
+pub mod directory;
+pub mod inbound;
+pub mod maildir;
+pub mod privilege;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,522 @@
+//! The configuration file (TOML) and the embedded default.
+//!
+//! Every key has a default, so an empty file, or no file at all, gives a working server on
+//! loopback ports. Unknown keys are errors: a typo must not silently fall back to a default.
+//! [`Config::load`] reports problems with the key's dotted path.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kurier_smtp::{Domain, Mailbox, Role};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A configuration problem, naming the offending key.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error (the message names line, column and key).
+    #[error("{0}")]
+    Parse(String),
+    /// A value is syntactically fine but not acceptable.
+    #[error("key `{key}`: {message}")]
+    Invalid {
+        /// Dotted path of the key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Our host name: in the SMTP greeting, EHLO reply, Received headers and the
+    /// self-signed certificate.
+    pub hostname: String,
+    /// Directory for the queue, mailboxes, users and TLS keys.
+    pub data_dir: PathBuf,
+    /// Domains whose mail is delivered here. The first one is the primary domain (where
+    /// `<postmaster>` without a domain goes).
+    pub domains: Vec<String>,
+    /// Unprivileged user to switch to after binding the ports (when started as root).
+    pub run_as: Option<String>,
+    /// Separator for address extensions: with "+", alice+lists@example.org goes to
+    /// alice@example.org. Empty turns it off.
+    pub recipient_delimiter: String,
+    /// Sockets to listen on, each with a role.
+    pub listeners: Vec<ListenerConfig>,
+    /// TLS certificate; without one, a self-signed certificate is generated in
+    /// `<data_dir>/tls/` on first start.
+    pub tls: TlsConfig,
+    /// Protocol and resource limits.
+    pub limits: Limits,
+    /// Aliases: address = target address or list of targets (local mailboxes).
+    pub aliases: BTreeMap<String, AliasTargets>,
+    /// Users defined in the config file: address = argon2 password hash (PHC string, as
+    /// printed by `kurier user hash`). Users added with `kurier user add` live in
+    /// `<data_dir>/users.toml` instead.
+    pub users: BTreeMap<String, String>,
+    /// Delivery settings.
+    pub delivery: DeliveryConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and port, e.g. "0.0.0.0:25" or "[::]:587".
+    pub address: SocketAddr,
+    /// "smtp" (MX, port 25), "submission" (STARTTLS + AUTH, port 587) or "submissions"
+    /// (implicit TLS + AUTH, port 465).
+    pub role: RoleName,
+}
+
+/// The listener roles, as written in the config.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    /// Inbound MX.
+    Smtp,
+    /// Submission with STARTTLS.
+    Submission,
+    /// Submission with implicit TLS.
+    Submissions,
+}
+
+impl From<RoleName> for Role {
+    fn from(r: RoleName) -> Role {
+        match r {
+            RoleName::Smtp => Role::Smtp,
+            RoleName::Submission => Role::Submission,
+            RoleName::Submissions => Role::Submissions,
+        }
+    }
+}
+
+/// Certificate and key files (PEM).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub certificate: Option<PathBuf>,
+    /// Private key, PEM.
+    pub private_key: Option<PathBuf>,
+}
+
+/// Limits; RFC 5321 §4.5.3 gives the protocol minimums.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted, in octets (advertised with SIZE, RFC 1870).
+    pub message_size: u64,
+    /// Recipients per message (RFC 5321 §4.5.3.1.8 asks for at least 100).
+    pub recipients: usize,
+    /// Simultaneous connections in total.
+    pub connections: usize,
+    /// Simultaneous connections from one client IP address.
+    pub connections_per_ip: usize,
+    /// Idle time allowed while waiting for a command (RFC 5321 §4.5.3.2.7: at least 5 min).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Idle time allowed while receiving message data.
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Protocol errors after which a connection is closed.
+    pub errors: u32,
+    /// Failed AUTH attempts after which a connection is closed.
+    pub auth_failures: u32,
+    /// On shutdown, how long transactions in progress may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Deliver queued mail. With false, accepted mail stays queued until restarted with true
+    /// (maintenance).
+    pub enabled: bool,
+    /// Parallel local deliveries.
+    pub workers: usize,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Log filter: error, warn, info, debug or trace (or a tracing filter expression). The
+    /// KURIER_LOG environment variable overrides it.
+    pub level: String,
+}
+
+/// One alias target or several.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum AliasTargets {
+    /// A single address.
+    One(String),
+    /// Several addresses.
+    Many(Vec<String>),
+}
+
+impl AliasTargets {
+    /// The target addresses.
+    pub fn addresses(&self) -> Vec<&str> {
+        match self {
+            AliasTargets::One(a) => vec![a.as_str()],
+            AliasTargets::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl Default for Config {
+    /// The embedded default: loopback only, high ports, domain `localhost`.
+    fn default() -> Self {
+        let listener = |port: u16, role| ListenerConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            role,
+        };
+        Config {
+            hostname: "localhost".into(),
+            data_dir: PathBuf::from("./kurier-data"),
+            domains: vec!["localhost".into()],
+            run_as: None,
+            recipient_delimiter: "+".into(),
+            listeners: vec![
+                listener(2525, RoleName::Smtp),
+                listener(2587, RoleName::Submission),
+                listener(2465, RoleName::Submissions),
+            ],
+            tls: TlsConfig::default(),
+            limits: Limits::default(),
+            aliases: BTreeMap::new(),
+            users: BTreeMap::new(),
+            delivery: DeliveryConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            message_size: 25 * 1024 * 1024,
+            recipients: 100,
+            connections: 1000,
+            connections_per_ip: 50,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(300),
+            errors: 20,
+            auth_failures: 3,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            enabled: true,
+            workers: 4,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The default configuration as TOML, for `kurier config default`.
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Config::default()).unwrap_or_default()
+    }
+
+    /// Checks everything serde cannot: names, addresses, ranges, consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Domain::parse(&self.hostname).map_err(|_| {
+            invalid(
+                "hostname",
+                format!("{:?} is not a valid host name", self.hostname),
+            )
+        })?;
+        if self.domains.is_empty() {
+            return Err(invalid("domains", "at least one local domain is needed"));
+        }
+        for (i, d) in self.domains.iter().enumerate() {
+            match Domain::parse(d) {
+                Ok(dom) if !dom.is_literal() => {}
+                _ => {
+                    return Err(invalid(
+                        format!("domains[{i}]"),
+                        format!("{d:?} is not a valid domain"),
+                    ));
+                }
+            }
+        }
+        if self.recipient_delimiter.chars().count() > 1 {
+            return Err(invalid(
+                "recipient_delimiter",
+                "must be one character or empty",
+            ));
+        }
+        if self.listeners.is_empty() {
+            return Err(invalid("listeners", "at least one listener is needed"));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if self.listeners[..i].iter().any(|o| o.address == l.address) {
+                return Err(invalid(
+                    format!("listeners[{i}].address"),
+                    format!("{} is listed twice", l.address),
+                ));
+            }
+        }
+        match (&self.tls.certificate, &self.tls.private_key) {
+            (Some(_), None) => {
+                return Err(invalid("tls.private_key", "needed with tls.certificate"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("tls.certificate", "needed with tls.private_key"));
+            }
+            _ => {}
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.message_size", l.message_size),
+            ("limits.recipients", l.recipients as u64),
+            ("limits.connections", l.connections as u64),
+            ("limits.connections_per_ip", l.connections_per_ip as u64),
+            ("limits.errors", u64::from(l.errors)),
+            ("limits.auth_failures", u64::from(l.auth_failures)),
+            ("delivery.workers", self.delivery.workers as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        for (key, value) in [
+            ("limits.command_timeout", l.command_timeout),
+            ("limits.data_timeout", l.data_timeout),
+        ] {
+            if value < Duration::from_secs(1) {
+                return Err(invalid(key, "must be at least 1s"));
+            }
+        }
+        for (addr, targets) in &self.aliases {
+            self.local_mailbox(&format!("aliases.\"{addr}\""), addr)?;
+            if targets.addresses().is_empty() {
+                return Err(invalid(
+                    format!("aliases.\"{addr}\""),
+                    "needs at least one target",
+                ));
+            }
+            for t in targets.addresses() {
+                self.local_mailbox(&format!("aliases.\"{addr}\""), t)?;
+            }
+        }
+        for (addr, hash) in &self.users {
+            let key = format!("users.\"{addr}\"");
+            self.local_mailbox(&key, addr)?;
+            crate::directory::check_mailbox_name(addr).map_err(|m| invalid(&key, m))?;
+            if argon2::PasswordHash::new(hash).is_err() {
+                return Err(invalid(
+                    key,
+                    "value must be an argon2 password hash (see `kurier user hash`)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured domains, parsed.
+    pub fn local_domains(&self) -> Vec<Domain> {
+        self.domains
+            .iter()
+            .filter_map(|d| Domain::parse(d).ok())
+            .collect()
+    }
+
+    fn local_mailbox(&self, key: &str, addr: &str) -> Result<Mailbox, ConfigError> {
+        let m = Mailbox::parse(addr).map_err(|e| invalid(key, format!("{addr:?}: {e}")))?;
+        if !self.local_domains().contains(m.domain()) {
+            return Err(invalid(
+                key,
+                format!(
+                    "{addr:?} is not in a local domain (add its domain to `domains`; forwarding to remote addresses is not supported yet)"
+                ),
+            ));
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn default_toml_round_trips() {
+        assert_eq!(
+            Config::parse(&Config::default_toml()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn full_example() {
+        let c = Config::parse(
+            r#"
+            hostname = "mx.example.org"
+            data_dir = "/var/lib/kurier"
+            domains = ["example.org", "example.net"]
+            run_as = "kurier"
+            recipient_delimiter = "-"
+            [[listeners]]
+            address = "0.0.0.0:25"
+            role = "smtp"
+            [[listeners]]
+            address = "[::]:465"
+            role = "submissions"
+            [tls]
+            certificate = "/etc/kurier/cert.pem"
+            private_key = "/etc/kurier/key.pem"
+            [limits]
+            message_size = 1000000
+            command_timeout = "2m"
+            data_timeout = "10m 30s"
+            [aliases]
+            "postmaster@example.org" = "alice@example.org"
+            "team@example.net" = ["alice@example.org", "bob@example.net"]
+            [delivery]
+            workers = 2
+            [log]
+            level = "debug"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.limits.data_timeout, Duration::from_secs(630));
+        assert_eq!(c.aliases["team@example.net"].addresses().len(), 2);
+    }
+
+    fn err(text: &str) -> String {
+        match Config::parse(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("hostnme = \"x\"").contains("unknown field `hostnme`"));
+        assert!(err("[limits]\nmesage_size = 1").contains("mesage_size"));
+        assert!(err("[limits]\nmessage_size = 0").contains("limits.message_size"));
+        assert!(err("[limits]\ncommand_timeout = \"soon\"").contains("command_timeout"));
+        assert!(err("domains = []").contains("`domains`"));
+        assert!(err("domains = [\"bad_domain\"]").contains("domains[0]"));
+        assert!(err("[[listeners]]\naddress = \"nowhere\"\nrole = \"smtp\"").contains("address"));
+        assert!(err("[[listeners]]\naddress = \"127.0.0.1:25\"\nrole = \"mx\"").contains("role"));
+        assert!(err("[tls]\ncertificate = \"/x\"").contains("tls.private_key"));
+        assert!(
+            err("[aliases]\n\"a@elsewhere.test\" = \"postmaster@localhost\"")
+                .contains("not in a local domain")
+        );
+        assert!(err("[users]\n\"a@localhost\" = \"plaintext\"").contains("argon2"));
+        let dup = "[[listeners]]\naddress = \"127.0.0.1:25\"\nrole = \"smtp\"\n[[listeners]]\naddress = \"127.0.0.1:25\"\nrole = \"submission\"";
+        assert!(err(dup).contains("listeners[1].address"));
+    }
+
+    /// The README's config reference must name every key the structs accept.
+    #[test]
+    fn readme_documents_every_key() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let value: toml::Value = toml::Value::try_from(Config::default()).unwrap();
+        let mut keys = Vec::new();
+        collect_keys(&value, "", &mut keys);
+        for k in [
+            "run_as",
+            "tls.certificate",
+            "tls.private_key",
+            "aliases",
+            "users",
+            "listeners.address",
+            "listeners.role",
+        ] {
+            keys.push(k.to_string());
+        }
+        for key in keys {
+            let leaf = key.rsplit('.').next().unwrap_or(&key);
+            assert!(
+                readme.contains(&format!("`{leaf}`")),
+                "README does not document `{key}`"
+            );
+        }
+    }
+
+    fn collect_keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                if v.is_table() {
+                    collect_keys(v, &key, out);
+                } else if !v.is_array() || key != "listeners" {
+                    out.push(key);
+                }
+            }
+        }
+    }
+}

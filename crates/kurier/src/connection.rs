@@ -1,0 +1,281 @@
+//! Runs one SMTP session over a TCP (and later TLS) stream.
+//!
+//! The driver never parses: it reads bytes into the [`ServerSession`], carries out the
+//! actions the session asks for (policy checks, password checks off the reactor, the TLS
+//! upgrade, the durable commit) and writes the replies. Replies to pipelined commands are
+//! gathered and written in one go before the next read (RFC 2920).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kurier_smtp::session::{Action, AuthVerdict, ServerSession, SessionConfig, TlsInfo};
+use kurier_smtp::{Reply, Role, codes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::inbound;
+use crate::server::Context;
+use crate::tls;
+
+/// Read buffer per connection; SMTP lines are short and DATA streams in pieces.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// The stream, before or after TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => write_flush(s, data).await,
+            Conn::Tls(s) => write_flush(s.as_mut(), data).await,
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Conn::Plain(s) => s.shutdown().await,
+            Conn::Tls(s) => s.shutdown().await,
+        };
+    }
+}
+
+async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
+    s.write_all(data).await?;
+    s.flush().await
+}
+
+/// Signals from the server to its sessions.
+#[derive(Clone)]
+pub struct Shutdown {
+    /// Stop: idle sessions close with 421 at once, busy ones finish their transaction.
+    pub stop: CancellationToken,
+    /// The grace period is over: every session closes with 421 now.
+    pub abort: CancellationToken,
+}
+
+/// What a connection did, for its log line.
+#[derive(Default)]
+struct Summary {
+    messages: u32,
+    tls: Option<TlsInfo>,
+    auth: Option<String>,
+    helo: Option<String>,
+}
+
+/// Serves one connection from accept to close.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    ctx: Arc<Context>,
+    shutdown: Shutdown,
+) {
+    let started = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let mut summary = Summary::default();
+    let outcome = run(stream, peer, role, &ctx, &shutdown, &mut summary).await;
+    let tls = summary
+        .tls
+        .as_ref()
+        .map(|t| t.version.as_str())
+        .unwrap_or("none");
+    tracing::info!(
+        peer = %peer.ip(),
+        listener = role.name(),
+        helo = summary.helo.as_deref().unwrap_or("-"),
+        tls,
+        auth = summary.auth.as_deref().unwrap_or("-"),
+        messages = summary.messages,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = outcome,
+        "connection closed"
+    );
+}
+
+fn session_config(ctx: &Context, role: Role) -> SessionConfig {
+    let l = &ctx.config.limits;
+    SessionConfig {
+        hostname: ctx.config.hostname.clone(),
+        role,
+        starttls: ctx.tls.is_some(),
+        max_message_size: l.message_size,
+        max_recipients: l.recipients,
+        max_errors: l.errors,
+        max_auth_failures: l.auth_failures,
+    }
+}
+
+async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    ctx: &Arc<Context>,
+    shutdown: &Shutdown,
+    summary: &mut Summary,
+) -> &'static str {
+    let limits = &ctx.config.limits;
+    let mut conn = Conn::Plain(stream);
+    let mut initial_tls = None;
+    if role == Role::Submissions {
+        // RFC 8314 §3.3: implicit TLS starts at once; the handshake is bounded by the
+        // command timeout (a client that never speaks must not hold the slot).
+        let Some(acceptor) = ctx.tls.clone() else {
+            return "no TLS certificate";
+        };
+        let Conn::Plain(tcp) = conn else {
+            return "internal";
+        };
+        match tokio::time::timeout(limits.command_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => {
+                initial_tls = Some(tls::session_info(s.get_ref().1));
+                conn = Conn::Tls(Box::new(s));
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed");
+                return "TLS handshake failed";
+            }
+            Err(_) => return "TLS handshake timeout",
+        }
+    }
+    summary.tls = initial_tls.clone();
+    let mut session = ServerSession::new(session_config(ctx, role), initial_tls);
+    let mut out = Vec::with_capacity(512);
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        while let Some(action) = session.poll_action() {
+            match action {
+                Action::Send(reply) => reply.write_to(&mut out),
+                Action::CheckMail { from, params } => {
+                    let verdict = inbound::check_mail(ctx, &from, &params, session.auth_user());
+                    session.resolve(verdict);
+                }
+                Action::CheckRcpt { to, params } => {
+                    let verdict = inbound::check_rcpt(ctx, &to, &params, session.auth_user());
+                    session.resolve(verdict);
+                }
+                Action::Authenticate {
+                    username, password, ..
+                } => {
+                    let dir = ctx.directory.clone();
+                    let user = username.clone();
+                    let ok =
+                        tokio::task::spawn_blocking(move || dir.verify_password(&user, &password))
+                            .await;
+                    let verdict = match ok {
+                        Ok(true) => AuthVerdict::Success,
+                        Ok(false) => AuthVerdict::BadCredentials,
+                        Err(_) => AuthVerdict::Unavailable,
+                    };
+                    if verdict == AuthVerdict::Success {
+                        summary.auth = Some(username.clone());
+                    } else {
+                        tracing::warn!(peer = %peer.ip(), user = %username, "authentication failed");
+                    }
+                    session.resolve_auth(verdict);
+                }
+                Action::StartTls => {
+                    if conn.write_all(&out).await.is_err() {
+                        return "write error";
+                    }
+                    out.clear();
+                    let (Some(acceptor), Conn::Plain(tcp)) = (ctx.tls.clone(), conn) else {
+                        return "STARTTLS without certificate";
+                    };
+                    // Nothing read from the plain socket is kept: the session dropped it,
+                    // and the handshake reads from the socket itself (RFC 3207 §4.2).
+                    match tokio::time::timeout(limits.command_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => {
+                            let info = tls::session_info(s.get_ref().1);
+                            summary.tls = Some(info.clone());
+                            session.tls_established(info);
+                            conn = Conn::Tls(Box::new(s));
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer.ip(), error = %e, "STARTTLS handshake failed");
+                            return "TLS handshake failed";
+                        }
+                        Err(_) => return "TLS handshake timeout",
+                    }
+                }
+                Action::Commit(message) => {
+                    summary.messages += 1;
+                    let result = inbound::commit(ctx, peer, *message).await;
+                    if result.is_err() {
+                        summary.messages -= 1;
+                    }
+                    session.resolve_commit(result);
+                }
+                Action::Close => {
+                    summary.helo = session.helo().map(str::to_string);
+                    let _ = conn.write_all(&out).await;
+                    conn.shutdown().await;
+                    return "closed";
+                }
+            }
+        }
+        if !out.is_empty() {
+            if conn.write_all(&out).await.is_err() {
+                return "write error";
+            }
+            out.clear();
+        }
+        summary.helo = session.helo().map(str::to_string);
+        let timeout = if session.in_message_data() {
+            limits.data_timeout
+        } else {
+            limits.command_timeout
+        };
+        let idle = session.is_idle();
+        tokio::select! {
+            read = tokio::time::timeout(timeout, conn.read(&mut buf)) => match read {
+                Ok(Ok(0)) => return "client disconnected",
+                Ok(Ok(n)) => session.receive(&buf[..n]),
+                Ok(Err(_)) => return "read error",
+                Err(_) => {
+                    // RFC 5321 §4.5.3.2: the server may close after its timeout, with 421.
+                    session.close_with(Reply::new(421, codes::TIMEOUT, format!("{} Timeout, closing connection", ctx.config.hostname)));
+                }
+            },
+            _ = shutdown.stop.cancelled(), if idle => {
+                session.close_with(shutting_down(ctx));
+            }
+            _ = shutdown.abort.cancelled() => {
+                session.close_with(shutting_down(ctx));
+            }
+        }
+    }
+}
+
+fn shutting_down(ctx: &Context) -> Reply {
+    Reply::new(
+        421,
+        codes::SHUTTING_DOWN,
+        format!(
+            "{} Service shutting down, try again later",
+            ctx.config.hostname
+        ),
+    )
+}
+
+/// Writes a one-line refusal to a connection that is not given a session (limits), without
+/// waiting long for a slow client.
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, reply: Reply) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = stream.write_all(&reply.to_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

@@ -1,0 +1,185 @@
+//! Inbound policy and acceptance: the answers to the session's questions, and the path from
+//! a complete message to a durable queue entry.
+//!
+//! Relay rule (no open relay): mail for local domains is accepted from anyone; mail for any
+//! other domain only from an authenticated session. The domain that decides is the one after
+//! the last unquoted `@`, as parsed by the protocol core, so percent hacks, bang paths, quoted
+//! `@` and source routes cannot smuggle a remote destination past this check.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use kurier_smtp::session::{Message, Verdict};
+use kurier_smtp::trace::Received;
+use kurier_smtp::{ForwardPath, MailParams, Mailbox, RcptParams, Reply, Ret, ReversePath, codes};
+use kurier_spool::{Envelope, NotifyFlags, QueueId, RecipientState, SpoolError};
+
+use crate::directory::Resolution;
+use crate::server::Context;
+
+/// MAIL FROM: every syntactically valid sender is accepted for now (sender authentication,
+/// SPF and rate limits come with their own policy).
+pub fn check_mail(
+    _ctx: &Context,
+    _from: &ReversePath,
+    _params: &MailParams,
+    _auth: Option<&str>,
+) -> Verdict {
+    Verdict::Accept
+}
+
+/// RCPT TO: local users, aliases and postmaster are accepted; unknown local users get 550
+/// 5.1.1 now (not a bounce later, which would be backscatter); remote domains need AUTH.
+pub fn check_rcpt(
+    ctx: &Context,
+    to: &ForwardPath,
+    _params: &RcptParams,
+    auth: Option<&str>,
+) -> Verdict {
+    let m = match to {
+        // RFC 5321 §4.5.1: <Postmaster> without a domain is always accepted.
+        ForwardPath::Postmaster => return Verdict::Accept,
+        ForwardPath::Mailbox(m) => m,
+    };
+    match ctx.directory.resolve(m) {
+        Resolution::Local(_) => Verdict::Accept,
+        Resolution::Unknown => Verdict::Reject(Reply::new(
+            550,
+            codes::NO_SUCH_USER,
+            format!("<{m}>: Recipient address rejected: no such user here"),
+        )),
+        Resolution::Remote if auth.is_some() => Verdict::Accept,
+        Resolution::Remote => Verdict::Reject(Reply::new(
+            554,
+            codes::NOT_AUTHORIZED,
+            format!("<{m}>: Relay access denied (authenticate to send to other domains)"),
+        )),
+    }
+}
+
+/// The mailbox a forward path stands for.
+fn recipient_mailbox(ctx: &Context, to: &ForwardPath) -> Option<Mailbox> {
+    match to {
+        ForwardPath::Mailbox(m) => Some(m.clone()),
+        ForwardPath::Postmaster => {
+            Mailbox::new("postmaster", ctx.directory.primary_domain()?.clone()).ok()
+        }
+    }
+}
+
+/// Builds the envelope, prepends the Received header, writes the message durably, and only
+/// then returns the queue id for the 250 reply. Failures become 451/452 (the client retries).
+pub async fn commit(
+    ctx: &Arc<Context>,
+    peer: SocketAddr,
+    message: Message,
+) -> Result<String, Reply> {
+    let id = QueueId::generate();
+    let now = chrono::Utc::now();
+    let recipients: Vec<RecipientState> = message
+        .recipients
+        .iter()
+        .filter_map(|r| {
+            let m = recipient_mailbox(ctx, &r.to)?;
+            let local = ctx.directory.is_local_domain(m.domain());
+            let mut state = RecipientState::new(m.to_string(), local);
+            state.orcpt = r
+                .params
+                .orcpt
+                .as_ref()
+                .map(|o| format!("{};{}", o.addr_type, o.address));
+            state.notify = r.params.notify.map(|n| NotifyFlags {
+                never: n.never,
+                success: n.success,
+                failure: n.failure,
+                delay: n.delay,
+            });
+            Some(state)
+        })
+        .collect();
+    let single_rcpt = (recipients.len() == 1).then(|| recipients[0].address.clone());
+    let header = Received {
+        helo: &message.helo,
+        peer_ip: peer.ip(),
+        peer_name: None,
+        by: &ctx.config.hostname,
+        protocol: message.protocol,
+        tls: message.tls.as_ref(),
+        id: id.as_str(),
+        for_rcpt: single_rcpt.as_deref(),
+        date: &now.to_rfc2822(),
+    }
+    .to_header();
+    let mut body = Vec::with_capacity(header.len() + message.body.len());
+    body.extend_from_slice(header.as_bytes());
+    body.extend_from_slice(&message.body);
+    let envelope = Envelope {
+        id: id.clone(),
+        received_at: u64::try_from(now.timestamp()).unwrap_or(0),
+        sender: message
+            .from
+            .mailbox()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+        recipients,
+        size: body.len() as u64,
+        eight_bit: message.params.body == Some(kurier_smtp::Body::EightBitMime),
+        smtputf8: message.params.smtputf8,
+        ret: message.params.ret.map(|r| match r {
+            Ret::Full => "FULL".to_string(),
+            Ret::Hdrs => "HDRS".to_string(),
+        }),
+        envid: message.params.envid.clone(),
+        client_ip: peer.ip().to_string(),
+        helo: message.helo.clone(),
+        auth_user: message.auth_user.clone(),
+        hold: false,
+    };
+    let body = Arc::new(body);
+    let (spool, env, bytes) = (ctx.spool.clone(), envelope.clone(), body.clone());
+    let written = tokio::task::spawn_blocking(move || spool.commit(&env, &bytes)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(SpoolError::NoSpace { path })) => {
+            tracing::error!(path = %path.display(), "spool full: refusing messages with 452");
+            return Err(Reply::new(
+                452,
+                codes::SYSTEM_FULL,
+                "Insufficient system storage, try again later",
+            ));
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot write message to the spool");
+            return Err(Reply::new(
+                451,
+                codes::SYSTEM_TEMP,
+                "Local error in processing, try again later",
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "spool writer failed");
+            return Err(Reply::new(
+                451,
+                codes::SYSTEM_TEMP,
+                "Local error in processing, try again later",
+            ));
+        }
+    }
+    let rcpts: Vec<&str> = envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    tracing::info!(
+        queue_id = %id,
+        from = %message.from,
+        rcpts = %rcpts.join(","),
+        size = envelope.size,
+        client = %peer.ip(),
+        tls = message.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+        auth = message.auth_user.as_deref().unwrap_or("-"),
+        "message accepted"
+    );
+    ctx.delivery.submit(envelope, body).await;
+    Ok(id.to_string())
+}

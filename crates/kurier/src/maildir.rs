@@ -1,0 +1,125 @@
+//! Delivery into Maildir (the format Dovecot, Courier, mutt and others read).
+//!
+//! A message is written to `tmp/` under a unique name, fsynced, renamed into `new/`, and the
+//! `new/` directory is fsynced: only then does it count as delivered. Readers never see a
+//! partial file, and a crash loses nothing that was reported delivered. Files use Unix line
+//! ends (LF), as Maildir readers expect; the CRLF → LF conversion is lossless because the
+//! server refuses bare CR and LF.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Creates `tmp/`, `new/` and `cur/` under `dir` if missing.
+pub fn create(dir: &Path) -> io::Result<()> {
+    for sub in ["tmp", "new", "cur"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    Ok(())
+}
+
+/// A unique file name: `<secs>.M<usecs>P<pid>Q<counter>.<host>` (the maildir.html scheme,
+/// with `/` and `:` in the host name escaped).
+fn unique_name(host: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let host: String = host.replace('/', "\\057").replace(':', "\\072");
+    format!(
+        "{}.M{}P{}Q{}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        host
+    )
+}
+
+/// Delivers `headers` followed by `message` (CRLF line ends) into the Maildir at `dir`.
+/// Returns the path of the new file.
+pub fn deliver(dir: &Path, host: &str, headers: &str, message: &[u8]) -> io::Result<PathBuf> {
+    create(dir)?;
+    let mut content = Vec::with_capacity(headers.len() + message.len());
+    content.extend_from_slice(headers.as_bytes());
+    crlf_to_lf(message, &mut content);
+    let name = format!("{},S={}", unique_name(host), content.len());
+    let tmp = dir.join("tmp").join(&name);
+    let new = dir.join("new").join(&name);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&content)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &new)?;
+        File::open(dir.join("new"))?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| new)
+}
+
+fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>) {
+    let mut start = 0;
+    let mut i = 0;
+    while i + 1 < input.len() {
+        if input[i] == b'\r' && input[i + 1] == b'\n' {
+            out.extend_from_slice(&input[start..i]);
+            start = i + 1;
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&input[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn delivers_into_new_with_lf_line_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = dir.path().join("alice");
+        let p = deliver(
+            &md,
+            "mx.test",
+            "Return-Path: <a@x.test>\n",
+            b"Subject: hi\r\n\r\nbody\r\n",
+        )
+        .unwrap();
+        assert!(p.starts_with(md.join("new")));
+        assert_eq!(
+            fs::read(&p).unwrap(),
+            b"Return-Path: <a@x.test>\nSubject: hi\n\nbody\n"
+        );
+        assert!(md.join("cur").is_dir());
+        assert_eq!(fs::read_dir(md.join("tmp")).unwrap().count(), 0);
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        assert!(name.ends_with(",S=42"), "{name}");
+        let p2 = deliver(&md, "mx.test", "", b"x\r\n").unwrap();
+        assert_ne!(p, p2);
+    }
+
+    #[test]
+    fn host_name_is_escaped() {
+        assert!(unique_name("a/b:c").ends_with(".a\\057b\\072c"));
+    }
+
+    #[test]
+    fn crlf_conversion() {
+        let mut out = Vec::new();
+        crlf_to_lf(b"a\r\nb\r\n\r\n", &mut out);
+        assert_eq!(out, b"a\nb\n\n");
+    }
+}

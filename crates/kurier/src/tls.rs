@@ -1,0 +1,161 @@
+//! TLS for the listeners: the configured certificate, or a self-signed one generated on first
+//! start and kept in `<data_dir>/tls/` so clients can pin it across restarts.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+
+use kurier_smtp::TlsInfo;
+
+/// TLS setup failures.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("{path}: {message}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Generating the self-signed certificate failed.
+    #[error("generating a self-signed certificate: {0}")]
+    Generate(String),
+    /// rustls refused the certificate/key pair.
+    #[error("certificate and key do not form a usable TLS configuration: {0}")]
+    Config(String),
+}
+
+/// Certificate and key in memory, read before privileges are dropped.
+pub struct CertifiedKey {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+/// Reads a PEM certificate chain and private key.
+pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let pem_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: rustls_pki_types::pem::Error| TlsError::Pem {
+            path,
+            message: e.to_string(),
+        }
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(pem_err(cert))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_err(cert))?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem {
+            path: cert.to_path_buf(),
+            message: "no certificate found".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(pem_err(key))?;
+    Ok(CertifiedKey { chain, key })
+}
+
+/// Loads `<data_dir>/tls/{cert,key}.pem`, generating them for `hostname` when absent.
+/// Returns the key and whether it was generated now.
+pub fn load_or_generate(data_dir: &Path, hostname: &str) -> Result<(CertifiedKey, bool), TlsError> {
+    let dir = data_dir.join("tls");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    if cert_path.exists() && key_path.exists() {
+        return load(&cert_path, &key_path).map(|k| (k, false));
+    }
+    let mut names = vec![hostname.to_string()];
+    if hostname != "localhost" {
+        names.push("localhost".to_string());
+    }
+    let generated =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| TlsError::Pem {
+            path,
+            message: e.to_string(),
+        }
+    };
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
+        .map_err(io_err(&key_path))?;
+    fs::write(&cert_path, generated.cert.pem()).map_err(io_err(&cert_path))?;
+    load(&cert_path, &key_path).map(|k| (k, true))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// The rustls server configuration (TLS 1.2 and 1.3, aws-lc-rs).
+pub fn server_config(key: CertifiedKey) -> Result<Arc<ServerConfig>, TlsError> {
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(key.chain, key.key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// Describes a finished handshake for the Received header and logs.
+pub fn session_info(conn: &rustls::ServerConnection) -> TlsInfo {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => "TLS".to_string(),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_else(|| "unknown".into());
+    TlsInfo { version, cipher }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn generated_certificate_is_kept_and_reused() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let (key, generated) = load_or_generate(dir.path(), "mx.test").unwrap();
+        assert!(generated);
+        server_config(key).unwrap();
+        let first = fs::read(dir.path().join("tls/cert.pem")).unwrap();
+        let (_, generated) = load_or_generate(dir.path(), "mx.test").unwrap();
+        assert!(!generated);
+        assert_eq!(fs::read(dir.path().join("tls/cert.pem")).unwrap(), first);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.path().join("tls/key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn bad_pem_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        fs::write(&cert, "not pem").unwrap();
+        let err = load(&cert, &cert).err().unwrap().to_string();
+        assert!(err.contains("c.pem"), "{err}");
+    }
+}
