@@ -1,0 +1,371 @@
+//! Test harness: runs the real `kurier` binary on free loopback ports with its own data
+//! directory, and talks to it with raw sockets or with real clients (swaks, python3, curl).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kurier");
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub smtp: u16,
+    pub submission: u16,
+    pub submissions: u16,
+    child: Option<Child>,
+    top: String,
+    tables: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestServer {
+    /// Starts a server. `top` holds top-level keys, `tables` extra TOML tables.
+    pub fn start(top: &str, tables: &str) -> TestServer {
+        let mut s = TestServer {
+            dir: tempfile::tempdir().unwrap(),
+            smtp: free_port(),
+            submission: free_port(),
+            submissions: free_port(),
+            child: None,
+            top: top.to_string(),
+            tables: tables.to_string(),
+        };
+        s.write_config();
+        s.spawn();
+        s
+    }
+
+    pub fn default() -> TestServer {
+        Self::start("", "")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("kurier.toml")
+    }
+
+    /// Replaces the extra tables (e.g. to turn delivery back on) for the next start.
+    pub fn set_tables(&mut self, tables: &str) {
+        self.tables = tables.to_string();
+        self.write_config();
+    }
+
+    fn write_config(&self) {
+        let text = format!(
+            "hostname = \"mx.kurier.test\"\ndomains = [\"localhost\", \"kurier.test\"]\n{top}\n\
+             [[listeners]]\naddress = \"127.0.0.1:{}\"\nrole = \"smtp\"\n\
+             [[listeners]]\naddress = \"127.0.0.1:{}\"\nrole = \"submission\"\n\
+             [[listeners]]\naddress = \"127.0.0.1:{}\"\nrole = \"submissions\"\n{tables}\n",
+            self.smtp,
+            self.submission,
+            self.submissions,
+            top = self.top,
+            tables = self.tables
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Starts the binary and waits (bounded) for its ready banner.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env("KURIER_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Stop with Ctrl-C") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        self.child = Some(child);
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("server did not start:\n{}", self.log());
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        signal(c.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs a `kurier` subcommand against this server's config and data directory.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn add_user(&self, address: &str) {
+        let pw = self.dir.path().join("pw");
+        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        let out = self.cli(&[
+            "user",
+            "add",
+            address,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "user add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn maildir(&self, domain: &str, user: &str) -> PathBuf {
+        self.data_dir().join("mail").join(domain).join(user)
+    }
+
+    /// Waits (bounded) until the mailbox has `count` messages in new/; returns them in
+    /// file-name order.
+    pub fn wait_for_mail(&self, domain: &str, user: &str, count: usize) -> Vec<Vec<u8>> {
+        let new = self.maildir(domain, user).join("new");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let files = list(&new);
+            if files.len() >= count {
+                assert_eq!(
+                    files.len(),
+                    count,
+                    "more messages than expected in {}",
+                    new.display()
+                );
+                return files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} has {} message(s), expected {count}\n{}",
+                new.display(),
+                files.len(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Files in the queue directory.
+    pub fn queued(&self) -> Vec<PathBuf> {
+        list(&self.data_dir().join("spool/queue"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Splits a delivered Maildir file into (Return-Path and Delivered-To lines, Received header,
+/// the rest). The rest must equal the sent message byte for byte (with LF line ends).
+pub fn split_delivered(file: &[u8]) -> (String, String, Vec<u8>) {
+    let text = file;
+    let mut lines = text.split_inclusive(|&b| b == b'\n');
+    let mut trace = String::new();
+    for _ in 0..2 {
+        trace.push_str(std::str::from_utf8(lines.next().unwrap()).unwrap());
+    }
+    let mut received = String::new();
+    let mut consumed = trace.len();
+    for line in lines {
+        let l = std::str::from_utf8(line).unwrap_or("");
+        if received.is_empty() && l.starts_with("Received: ")
+            || !received.is_empty() && l.starts_with('\t')
+        {
+            received.push_str(l);
+            consumed += line.len();
+        } else {
+            break;
+        }
+    }
+    (trace, received, file[consumed..].to_vec())
+}
+
+/// CRLF → LF, as Maildir stores messages.
+pub fn lf(message: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(message)
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
+/// A raw SMTP connection for wire-level tests.
+pub struct Wire {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Wire {
+    pub fn connect(port: u16) -> Wire {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        Wire {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, data: &[u8]) {
+        self.stream.write_all(data).unwrap();
+    }
+
+    /// Reads one complete reply (all its lines); empty string on EOF.
+    pub fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            let line = match self.line() {
+                Some(l) => l,
+                None => return out,
+            };
+            out.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return out;
+            }
+        }
+    }
+
+    fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let l: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(String::from_utf8_lossy(&l).to_string());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Sends a command line and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Connects, reads the greeting and says EHLO.
+    pub fn greeted(port: u16) -> Wire {
+        let mut w = Wire::connect(port);
+        assert!(w.reply().starts_with("220 "));
+        assert!(w.cmd("EHLO client.test").starts_with("250-"));
+        w
+    }
+}
+
+/// Runs a command (a real client) and returns its output, failing the test with everything it
+/// printed if it exits non-zero.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// Runs a command expected to fail; returns its output.
+pub fn run_fail(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "{cmd:?} unexpectedly succeeded:\n{text}"
+    );
+    text
+}
