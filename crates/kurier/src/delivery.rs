@@ -7,7 +7,7 @@
 //!
 //! Remote recipients (relayed by authenticated users) stay queued for the outbound engine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -230,6 +230,8 @@ impl Engine {
             format!("<{}>", env.sender)
         };
         let mut changed = false;
+        // Several recipient addresses can lead to one mailbox (aliases): one copy each.
+        let mut delivered_to: HashSet<String> = HashSet::new();
         for r in env
             .recipients
             .iter_mut()
@@ -252,6 +254,10 @@ impl Engine {
                     let mut paths = Vec::new();
                     let mut error = None;
                     for t in &targets {
+                        if !delivered_to.insert(crate::directory::address_key(t)) {
+                            paths.push(format!("(same message already delivered to {t})"));
+                            continue;
+                        }
                         // RFC 5321 §4.4: the final delivery adds Return-Path.
                         let headers = format!("Return-Path: {sender}\nDelivered-To: {t}\n");
                         match maildir::deliver(

@@ -1,0 +1,196 @@
+//! The server as a process: crash recovery, single instance, graceful shutdown, privilege
+//! dropping, live user management, the config checker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn send_one(port: u16, subject: &str) -> String {
+    let mut w = Wire::greeted(port);
+    assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+    assert!(w.cmd("DATA").starts_with("354 "));
+    w.send(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n").as_bytes());
+    w.reply()
+}
+
+#[test]
+fn message_acknowledged_before_kill_9_is_delivered_after_restart() {
+    let mut s = TestServer::start("", "[delivery]\nenabled = false\n");
+    let r = send_one(s.smtp, "survivor");
+    assert!(r.starts_with("250 2.0.0 Ok: queued as"), "{r}");
+    let id = r.trim_end().rsplit(' ').next().unwrap().to_string();
+    // Acknowledged means on disk: the queue file is there before anything else happens.
+    assert_eq!(s.queued().len(), 1);
+    assert!(s.queued()[0].ends_with(&id));
+    s.kill9();
+    s.set_tables("[delivery]\nenabled = true\n");
+    s.spawn();
+    let mail = s.wait_for_mail("localhost", "postmaster", 1);
+    let (_, received, rest) = split_delivered(&mail[0]);
+    assert!(received.contains(&format!("id {id}")), "{received}");
+    assert_eq!(rest, b"Subject: survivor\n\nbody\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.queued().is_empty() {
+        assert!(Instant::now() < deadline, "queue not emptied after delivery");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_9_right_after_250_loses_nothing() {
+    let mut s = TestServer::default();
+    let r = send_one(s.smtp, "racing");
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    s.kill9();
+    s.spawn();
+    // Delivered before the kill or after the restart, but delivered, once.
+    let mail = s.wait_for_mail("localhost", "postmaster", 1);
+    assert!(split_delivered(&mail[0]).2.starts_with(b"Subject: racing\n"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(list(&s.maildir("localhost", "postmaster").join("new")).len(), 1);
+}
+
+#[test]
+fn second_instance_on_the_same_data_directory_refuses_to_start() {
+    let s = TestServer::default();
+    let other = tempfile::tempdir().unwrap();
+    let cfg = other.path().join("k.toml");
+    std::fs::write(&cfg, "[[listeners]]\naddress = \"127.0.0.1:0\"\nrole = \"smtp\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap(), "--data-dir"])
+        .arg(s.data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another kurier is already running on data directory"), "{err}");
+    // The first one still works.
+    assert!(send_one(s.smtp, "still here").starts_with("250 "));
+}
+
+#[test]
+fn sigterm_finishes_transactions_then_exits_cleanly() {
+    let mut s = TestServer::start("", "[limits]\nshutdown_grace = \"10s\"\n");
+    let mut idle = Wire::greeted(s.smtp);
+    let mut busy = Wire::greeted(s.smtp);
+    assert!(busy.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    signal(s.pid(), "TERM");
+    assert_eq!(idle.reply(), "421 4.3.2 mx.kurier.test Service shutting down, try again later\r\n");
+    // The transaction in progress may finish; then the session is closed.
+    assert!(busy.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+    assert!(busy.cmd("DATA").starts_with("354 "));
+    busy.send(b"Subject: last one\r\n\r\nx\r\n.\r\n");
+    assert!(busy.reply().starts_with("250 2.0.0 Ok: queued as"));
+    assert!(busy.reply().starts_with("421 4.3.2"));
+    let status = s.terminate();
+    assert_eq!(status.code(), Some(0), "{}", s.log());
+    // No new connections after the stop.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", s.smtp)).is_err());
+    s.spawn();
+    s.wait_for_mail("localhost", "postmaster", 1);
+}
+
+#[test]
+fn grace_period_ends_stuck_transactions() {
+    let mut s = TestServer::start("", "[limits]\nshutdown_grace = \"1s\"\n");
+    let mut busy = Wire::greeted(s.smtp);
+    assert!(busy.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    signal(s.pid(), "TERM");
+    assert!(busy.reply().starts_with("421 4.3.2"));
+    assert_eq!(s.terminate().code(), Some(0));
+}
+
+#[test]
+fn users_added_and_removed_while_running() {
+    let s = TestServer::default();
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    assert!(w.cmd("RCPT TO:<bob@localhost>").starts_with("550 5.1.1"));
+    s.add_user("bob@localhost");
+    assert!(w.cmd("RCPT TO:<bob@localhost>").starts_with("250 "));
+    assert!(w.cmd("RCPT TO:<Bob+tag@LocalHost>").starts_with("250 "));
+    let out = s.cli(&["user", "list"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bob@localhost\n");
+    let out = s.cli(&["user", "add", "bob@localhost", "--password-file", "/dev/null"]);
+    assert!(!out.status.success());
+    let out = s.cli(&["user", "add", "carol@elsewhere.test", "--password-file", s.dir.path().join("pw").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("elsewhere.test is not a local domain"));
+    assert!(s.cli(&["user", "del", "bob@localhost"]).status.success());
+    assert!(w.cmd("RCPT TO:<bob@localhost>").starts_with("550 5.1.1"));
+    let hash = s.data_dir().join("users.toml");
+    let text = std::fs::read_to_string(hash).unwrap();
+    assert!(!text.contains("bob@"), "{text}");
+}
+
+#[test]
+fn config_check_reports_the_offending_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "hostname = \"mx.example.org\"\ndomains = [\"example.org\"]\n").unwrap();
+    let out = run_ok(Command::new(BIN).args(["config", "check", good.to_str().unwrap()]));
+    assert!(out.contains("good.toml: ok"), "{out}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmessage_size = 0\n").unwrap();
+    let out = run_fail(Command::new(BIN).args(["config", "check", bad.to_str().unwrap()]));
+    assert!(out.contains("key `limits.message_size`: must be greater than 0"), "{out}");
+    std::fs::write(&bad, "[limits]\nmesage_size = 10\n").unwrap();
+    let out = run_fail(Command::new(BIN).args(["config", "check", bad.to_str().unwrap()]));
+    assert!(out.contains("unknown field `mesage_size`") && out.contains("line 2"), "{out}");
+    // The printed default is itself a valid config.
+    let default = run_ok(Command::new(BIN).args(["config", "default"]));
+    std::fs::write(&good, default).unwrap();
+    run_ok(Command::new(BIN).args(["config", "check", good.to_str().unwrap()]));
+}
+
+#[test]
+fn aliases_from_the_config_deliver_to_every_target() {
+    let s = TestServer::start(
+        "",
+        "[aliases]\n\"team@kurier.test\" = [\"alice@localhost\", \"postmaster@localhost\"]\n\"postmaster@kurier.test\" = \"alice@localhost\"\n",
+    );
+    s.add_user("alice@localhost");
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    assert!(w.cmd("RCPT TO:<team@kurier.test>").starts_with("250 "));
+    assert!(w.cmd("RCPT TO:<postmaster@kurier.test>").starts_with("250 "));
+    assert!(w.cmd("DATA").starts_with("354 "));
+    w.send(b"Subject: to the team\r\n\r\nhi\r\n.\r\n");
+    assert!(w.reply().starts_with("250 "));
+    // Both addresses lead to alice: she gets one copy; postmaster@localhost gets one.
+    s.wait_for_mail("localhost", "postmaster", 1);
+    let alice = s.wait_for_mail("localhost", "alice", 1);
+    assert!(split_delivered(&alice[0]).0.contains("Delivered-To: alice@localhost"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(list(&s.maildir("localhost", "alice").join("new")).len(), 1);
+}
+
+/// Started as root with `run_as`, the server binds its ports as root and then writes the
+/// spool and the mailboxes as the unprivileged user.
+#[test]
+fn drops_privileges_after_binding() {
+    if !nix_is_root() {
+        eprintln!("not root: privilege dropping cannot be exercised here");
+        return;
+    }
+    let s = TestServer::start("run_as = \"nobody\"", "");
+    let uid = String::from_utf8(Command::new("id").args(["-u", "nobody"]).output().unwrap().stdout).unwrap();
+    let uid: u32 = uid.trim().parse().unwrap();
+    assert!(send_one(s.smtp, "as nobody").starts_with("250 "));
+    let mail = s.wait_for_mail("localhost", "postmaster", 1);
+    assert!(!mail.is_empty());
+    use std::os::unix::fs::MetadataExt;
+    let file = &list(&s.maildir("localhost", "postmaster").join("new"))[0];
+    assert_eq!(std::fs::metadata(file).unwrap().uid(), uid);
+    assert_eq!(std::fs::metadata(s.data_dir().join("spool/queue")).unwrap().uid(), uid);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(line.split_whitespace().skip(1).all(|u| u == uid.to_string()), "{line}");
+}
+
+fn nix_is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
