@@ -360,7 +360,7 @@ mod tests {
     #[test]
     fn chunked_framing_keeps_dots_and_adds_final_crlf() {
         let mut d = DataDecoder::new(Framing::Chunked, 100);
-        assert_eq!(d.feed(b".\r\n.x\r\nlast").complete, false);
+        assert!(!d.feed(b".\r\n.x\r\nlast").complete);
         assert_eq!(d.finish(), Ok(b".\r\n.x\r\nlast\r\n".to_vec()));
         let mut d = DataDecoder::new(Framing::Chunked, 100);
         d.feed(b"a\nb\r\n");

@@ -506,10 +506,10 @@ impl ServerSession {
         }
         let fed = decoder.feed(&self.input);
         self.input.drain(..fed.consumed);
-        if fed.complete {
-            if let Phase::Data(decoder) = std::mem::replace(&mut self.phase, Phase::Command) {
-                self.message_complete(decoder.finish());
-            }
+        if fed.complete
+            && let Phase::Data(decoder) = std::mem::replace(&mut self.phase, Phase::Command)
+        {
+            self.message_complete(decoder.finish());
         }
         true
     }
@@ -731,10 +731,11 @@ impl ServerSession {
             ));
         }
         let utf8 = tx.params.smtputf8;
-        if let ForwardPath::Mailbox(m) = &to {
-            if !utf8 && !m.is_ascii() {
-                return self.refuse(need_smtputf8());
-            }
+        if let ForwardPath::Mailbox(m) = &to
+            && !utf8
+            && !m.is_ascii()
+        {
+            return self.refuse(need_smtputf8());
         }
         self.phase = Phase::Pending(Pending::Rcpt(to.clone(), params.clone()));
         self.actions.push_back(Action::CheckRcpt { to, params });

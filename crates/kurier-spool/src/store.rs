@@ -176,10 +176,10 @@ impl Spool {
 
     /// Loads only the current envelope.
     pub fn envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
-        if let Some(state) = self.load_state(id)? {
-            if self.queue_path(id).exists() {
-                return Ok(state);
-            }
+        if let Some(state) = self.load_state(id)?
+            && self.queue_path(id).exists()
+        {
+            return Ok(state);
         }
         self.load(id).map(|(e, _)| e)
     }

@@ -175,17 +175,16 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
             for id in engine.due(unix_now()) {
                 let e = engine.clone();
                 let loaded = tokio::task::spawn_blocking(move || e.spool.envelope(&id)).await;
-                if let Ok(Ok(envelope)) = loaded {
-                    if timer_tx
+                if let Ok(Ok(envelope)) = loaded
+                    && timer_tx
                         .send(Job {
                             envelope,
                             body: None,
                         })
                         .await
                         .is_err()
-                    {
-                        return;
-                    }
+                {
+                    return;
                 }
             }
         }
@@ -312,10 +311,8 @@ impl Engine {
             }
             return;
         }
-        if changed {
-            if let Err(e) = self.spool.update(&env) {
-                tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
-            }
+        if changed && let Err(e) = self.spool.update(&env) {
+            tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
         }
         if let Some(t) = env
             .recipients

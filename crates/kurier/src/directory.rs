@@ -202,14 +202,12 @@ impl Directory {
             return Resolution::Local(r);
         }
         // Address extension: alice+tag@ → alice@.
-        if let Some(delim) = self.delimiter {
-            if let Some((base, _)) = m.local().split_once(delim) {
-                if let Ok(base) = Mailbox::new(base, m.domain().clone()) {
-                    if let Some(r) = self.resolve_local(&base, 0) {
-                        return Resolution::Local(r);
-                    }
-                }
-            }
+        if let Some(delim) = self.delimiter
+            && let Some((base, _)) = m.local().split_once(delim)
+            && let Ok(base) = Mailbox::new(base, m.domain().clone())
+            && let Some(r) = self.resolve_local(&base, 0)
+        {
+            return Resolution::Local(r);
         }
         Resolution::Unknown
     }

@@ -34,7 +34,10 @@ fn message_acknowledged_before_kill_9_is_delivered_after_restart() {
     assert_eq!(rest, b"Subject: survivor\n\nbody\n");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !s.queued().is_empty() {
-        assert!(Instant::now() < deadline, "queue not emptied after delivery");
+        assert!(
+            Instant::now() < deadline,
+            "queue not emptied after delivery"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -48,9 +51,16 @@ fn kill_9_right_after_250_loses_nothing() {
     s.spawn();
     // Delivered before the kill or after the restart, but delivered, once.
     let mail = s.wait_for_mail("localhost", "postmaster", 1);
-    assert!(split_delivered(&mail[0]).2.starts_with(b"Subject: racing\n"));
+    assert!(
+        split_delivered(&mail[0])
+            .2
+            .starts_with(b"Subject: racing\n")
+    );
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(list(&s.maildir("localhost", "postmaster").join("new")).len(), 1);
+    assert_eq!(
+        list(&s.maildir("localhost", "postmaster").join("new")).len(),
+        1
+    );
 }
 
 #[test]
@@ -58,7 +68,11 @@ fn second_instance_on_the_same_data_directory_refuses_to_start() {
     let s = TestServer::default();
     let other = tempfile::tempdir().unwrap();
     let cfg = other.path().join("k.toml");
-    std::fs::write(&cfg, "[[listeners]]\naddress = \"127.0.0.1:0\"\nrole = \"smtp\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\nrole = \"smtp\"\n",
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .args(["serve", "--config", cfg.to_str().unwrap(), "--data-dir"])
         .arg(s.data_dir())
@@ -66,7 +80,10 @@ fn second_instance_on_the_same_data_directory_refuses_to_start() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("another kurier is already running on data directory"), "{err}");
+    assert!(
+        err.contains("another kurier is already running on data directory"),
+        "{err}"
+    );
     // The first one still works.
     assert!(send_one(s.smtp, "still here").starts_with("250 "));
 }
@@ -78,9 +95,15 @@ fn sigterm_finishes_transactions_then_exits_cleanly() {
     let mut busy = Wire::greeted(s.smtp);
     assert!(busy.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
     signal(s.pid(), "TERM");
-    assert_eq!(idle.reply(), "421 4.3.2 mx.kurier.test Service shutting down, try again later\r\n");
+    assert_eq!(
+        idle.reply(),
+        "421 4.3.2 mx.kurier.test Service shutting down, try again later\r\n"
+    );
     // The transaction in progress may finish; then the session is closed.
-    assert!(busy.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+    assert!(
+        busy.cmd("RCPT TO:<postmaster@localhost>")
+            .starts_with("250 ")
+    );
     assert!(busy.cmd("DATA").starts_with("354 "));
     busy.send(b"Subject: last one\r\n\r\nx\r\n.\r\n");
     assert!(busy.reply().starts_with("250 2.0.0 Ok: queued as"));
@@ -114,9 +137,21 @@ fn users_added_and_removed_while_running() {
     assert!(w.cmd("RCPT TO:<Bob+tag@LocalHost>").starts_with("250 "));
     let out = s.cli(&["user", "list"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "bob@localhost\n");
-    let out = s.cli(&["user", "add", "bob@localhost", "--password-file", "/dev/null"]);
+    let out = s.cli(&[
+        "user",
+        "add",
+        "bob@localhost",
+        "--password-file",
+        "/dev/null",
+    ]);
     assert!(!out.status.success());
-    let out = s.cli(&["user", "add", "carol@elsewhere.test", "--password-file", s.dir.path().join("pw").to_str().unwrap()]);
+    let out = s.cli(&[
+        "user",
+        "add",
+        "carol@elsewhere.test",
+        "--password-file",
+        s.dir.path().join("pw").to_str().unwrap(),
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("elsewhere.test is not a local domain"));
     assert!(s.cli(&["user", "del", "bob@localhost"]).status.success());
     assert!(w.cmd("RCPT TO:<bob@localhost>").starts_with("550 5.1.1"));
@@ -129,16 +164,26 @@ fn users_added_and_removed_while_running() {
 fn config_check_reports_the_offending_key() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "hostname = \"mx.example.org\"\ndomains = [\"example.org\"]\n").unwrap();
+    std::fs::write(
+        &good,
+        "hostname = \"mx.example.org\"\ndomains = [\"example.org\"]\n",
+    )
+    .unwrap();
     let out = run_ok(Command::new(BIN).args(["config", "check", good.to_str().unwrap()]));
     assert!(out.contains("good.toml: ok"), "{out}");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[limits]\nmessage_size = 0\n").unwrap();
     let out = run_fail(Command::new(BIN).args(["config", "check", bad.to_str().unwrap()]));
-    assert!(out.contains("key `limits.message_size`: must be greater than 0"), "{out}");
+    assert!(
+        out.contains("key `limits.message_size`: must be greater than 0"),
+        "{out}"
+    );
     std::fs::write(&bad, "[limits]\nmesage_size = 10\n").unwrap();
     let out = run_fail(Command::new(BIN).args(["config", "check", bad.to_str().unwrap()]));
-    assert!(out.contains("unknown field `mesage_size`") && out.contains("line 2"), "{out}");
+    assert!(
+        out.contains("unknown field `mesage_size`") && out.contains("line 2"),
+        "{out}"
+    );
     // The printed default is itself a valid config.
     let default = run_ok(Command::new(BIN).args(["config", "default"]));
     std::fs::write(&good, default).unwrap();
@@ -155,14 +200,21 @@ fn aliases_from_the_config_deliver_to_every_target() {
     let mut w = Wire::greeted(s.smtp);
     assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
     assert!(w.cmd("RCPT TO:<team@kurier.test>").starts_with("250 "));
-    assert!(w.cmd("RCPT TO:<postmaster@kurier.test>").starts_with("250 "));
+    assert!(
+        w.cmd("RCPT TO:<postmaster@kurier.test>")
+            .starts_with("250 ")
+    );
     assert!(w.cmd("DATA").starts_with("354 "));
     w.send(b"Subject: to the team\r\n\r\nhi\r\n.\r\n");
     assert!(w.reply().starts_with("250 "));
     // Both addresses lead to alice: she gets one copy; postmaster@localhost gets one.
     s.wait_for_mail("localhost", "postmaster", 1);
     let alice = s.wait_for_mail("localhost", "alice", 1);
-    assert!(split_delivered(&alice[0]).0.contains("Delivered-To: alice@localhost"));
+    assert!(
+        split_delivered(&alice[0])
+            .0
+            .contains("Delivered-To: alice@localhost")
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(list(&s.maildir("localhost", "alice").join("new")).len(), 1);
 }
@@ -176,7 +228,14 @@ fn drops_privileges_after_binding() {
         return;
     }
     let s = TestServer::start("run_as = \"nobody\"", "");
-    let uid = String::from_utf8(Command::new("id").args(["-u", "nobody"]).output().unwrap().stdout).unwrap();
+    let uid = String::from_utf8(
+        Command::new("id")
+            .args(["-u", "nobody"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let uid: u32 = uid.trim().parse().unwrap();
     assert!(send_one(s.smtp, "as nobody").starts_with("250 "));
     let mail = s.wait_for_mail("localhost", "postmaster", 1);
@@ -184,10 +243,20 @@ fn drops_privileges_after_binding() {
     use std::os::unix::fs::MetadataExt;
     let file = &list(&s.maildir("localhost", "postmaster").join("new"))[0];
     assert_eq!(std::fs::metadata(file).unwrap().uid(), uid);
-    assert_eq!(std::fs::metadata(s.data_dir().join("spool/queue")).unwrap().uid(), uid);
+    assert_eq!(
+        std::fs::metadata(s.data_dir().join("spool/queue"))
+            .unwrap()
+            .uid(),
+        uid
+    );
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert!(line.split_whitespace().skip(1).all(|u| u == uid.to_string()), "{line}");
+    assert!(
+        line.split_whitespace()
+            .skip(1)
+            .all(|u| u == uid.to_string()),
+        "{line}"
+    );
 }
 
 fn nix_is_root() -> bool {

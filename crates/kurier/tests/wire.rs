@@ -28,10 +28,16 @@ fn smuggled_message_is_refused_and_nothing_is_delivered() {
     transaction(&mut w, "a@example.test", "postmaster@localhost");
     w.send(b"Subject: clean\r\n\r\nok\r\n.\r\n");
     assert!(w.reply().starts_with("250 2.0.0 Ok: queued as"));
-    assert_eq!(w.cmd("QUIT"), "221 2.0.0 mx.kurier.test closing connection\r\n");
+    assert_eq!(
+        w.cmd("QUIT"),
+        "221 2.0.0 mx.kurier.test closing connection\r\n"
+    );
     let mail = s.wait_for_mail("localhost", "postmaster", 1);
     assert!(split_delivered(&mail[0]).2.starts_with(b"Subject: clean\n"));
-    assert!(!s.maildir("localhost", "alice").exists(), "smuggled message was delivered");
+    assert!(
+        !s.maildir("localhost", "alice").exists(),
+        "smuggled message was delivered"
+    );
 }
 
 #[test]
@@ -79,18 +85,27 @@ fn pipelined_session_in_one_write() {
 fn bdat_chunks_are_delivered() {
     let s = TestServer::default();
     let mut w = Wire::greeted(s.smtp);
-    assert!(w.cmd("MAIL FROM:<a@example.test> BODY=8BITMIME").starts_with("250 "));
+    assert!(
+        w.cmd("MAIL FROM:<a@example.test> BODY=8BITMIME")
+            .starts_with("250 ")
+    );
     assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
     let part1 = b"Subject: chunked\r\n\r\n.dot stays\r\n";
     w.send(format!("BDAT {}\r\n", part1.len()).as_bytes());
     w.send(part1);
-    assert_eq!(w.reply(), format!("250 2.0.0 {} octets received\r\n", part1.len()));
+    assert_eq!(
+        w.reply(),
+        format!("250 2.0.0 {} octets received\r\n", part1.len())
+    );
     let part2 = "grüße\r\n".as_bytes();
     w.send(format!("BDAT {} LAST\r\n", part2.len()).as_bytes());
     w.send(part2);
     assert!(w.reply().starts_with("250 2.0.0 Ok: queued as"));
     let mail = s.wait_for_mail("localhost", "postmaster", 1);
-    assert_eq!(split_delivered(&mail[0]).2, "Subject: chunked\n\n.dot stays\ngrüße\n".as_bytes());
+    assert_eq!(
+        split_delivered(&mail[0]).2,
+        "Subject: chunked\n\n.dot stays\ngrüße\n".as_bytes()
+    );
 }
 
 #[test]
@@ -100,7 +115,10 @@ fn line_and_size_limits() {
     let long = format!("NOOP {}", "x".repeat(2000));
     assert!(w.cmd(&long).starts_with("500 5.5.2 Line too long"));
     assert_eq!(w.cmd("NOOP"), "250 2.0.0 Ok\r\n");
-    assert!(w.cmd("MAIL FROM:<a@example.test> SIZE=2001").starts_with("552 5.3.4 "));
+    assert!(
+        w.cmd("MAIL FROM:<a@example.test> SIZE=2001")
+            .starts_with("552 5.3.4 ")
+    );
     transaction(&mut w, "a@example.test", "postmaster@localhost");
     w.send(format!("{}\r\n", "y".repeat(1200)).as_bytes());
     w.send(b".\r\n");
@@ -110,7 +128,10 @@ fn line_and_size_limits() {
         w.send(format!("{}\r\n", "z".repeat(500)).as_bytes());
     }
     w.send(b".\r\n");
-    assert!(w.reply().starts_with("552 5.3.4 Message size exceeds fixed maximum message size of 2000"));
+    assert!(
+        w.reply()
+            .starts_with("552 5.3.4 Message size exceeds fixed maximum message size of 2000")
+    );
     assert_eq!(w.cmd("NOOP"), "250 2.0.0 Ok\r\n");
     assert!(!s.maildir("localhost", "postmaster").join("new").exists());
 }
@@ -123,7 +144,10 @@ fn connection_limit_per_ip() {
     let mut b = Wire::connect(s.smtp);
     assert!(b.reply().starts_with("220 "));
     let mut c = Wire::connect(s.smtp);
-    assert_eq!(c.reply(), "421 4.7.0 Too many connections from your address, try again later\r\n");
+    assert_eq!(
+        c.reply(),
+        "421 4.7.0 Too many connections from your address, try again later\r\n"
+    );
     assert_eq!(c.reply(), "");
     assert!(a.cmd("QUIT").starts_with("221 "));
     // The slot is free again (bounded wait for the server to notice the close).
@@ -145,7 +169,10 @@ fn idle_client_is_timed_out() {
     let s = TestServer::start("", "[limits]\ncommand_timeout = \"1s\"\n");
     let mut w = Wire::greeted(s.smtp);
     let started = Instant::now();
-    assert_eq!(w.reply(), "421 4.4.2 mx.kurier.test Timeout, closing connection\r\n");
+    assert_eq!(
+        w.reply(),
+        "421 4.4.2 mx.kurier.test Timeout, closing connection\r\n"
+    );
     assert_eq!(w.reply(), "");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -167,7 +194,10 @@ fn too_many_errors_close_the_connection() {
     assert!(w.cmd("BOGUS").starts_with("500 "));
     assert!(w.cmd("BOGUS").starts_with("500 "));
     assert_eq!(w.cmd("BOGUS"), "500 5.5.2 Command unrecognized\r\n");
-    assert_eq!(w.reply(), "421 4.7.0 Too many errors, closing connection\r\n");
+    assert_eq!(
+        w.reply(),
+        "421 4.7.0 Too many errors, closing connection\r\n"
+    );
     assert_eq!(w.reply(), "");
 }
 
