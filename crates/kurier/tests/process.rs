@@ -94,7 +94,7 @@ fn sigterm_finishes_transactions_then_exits_cleanly() {
     let mut idle = Wire::greeted(s.smtp);
     let mut busy = Wire::greeted(s.smtp);
     assert!(busy.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
-    signal(s.pid(), "TERM");
+    signal(s.pid(), nix::sys::signal::Signal::SIGTERM);
     assert_eq!(
         idle.reply(),
         "421 4.3.2 mx.kurier.test Service shutting down, try again later\r\n"
@@ -121,7 +121,7 @@ fn grace_period_ends_stuck_transactions() {
     let mut s = TestServer::start("", "[limits]\nshutdown_grace = \"1s\"\n");
     let mut busy = Wire::greeted(s.smtp);
     assert!(busy.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
-    signal(s.pid(), "TERM");
+    signal(s.pid(), nix::sys::signal::Signal::SIGTERM);
     assert!(busy.reply().starts_with("421 4.3.2"));
     assert_eq!(s.terminate().code(), Some(0));
 }
@@ -228,15 +228,11 @@ fn drops_privileges_after_binding() {
         return;
     }
     let s = TestServer::start("run_as = \"nobody\"", "");
-    let uid = String::from_utf8(
-        Command::new("id")
-            .args(["-u", "nobody"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let uid: u32 = uid.trim().parse().unwrap();
+    let uid = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody")
+        .uid
+        .as_raw();
     assert!(send_one(s.smtp, "as nobody").starts_with("250 "));
     let mail = s.wait_for_mail("localhost", "postmaster", 1);
     assert!(!mail.is_empty());
@@ -260,6 +256,80 @@ fn drops_privileges_after_binding() {
 }
 
 fn nix_is_root() -> bool {
-    let out = Command::new("id").arg("-u").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
+    nix::unistd::geteuid().is_root()
+}
+
+/// Unmounts a tmpfs when the test ends, whatever happens.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// With the spool on a full file system, messages get 452 4.3.1, nothing acknowledged is lost,
+/// no partial file is left behind, and the server accepts mail again once space returns.
+#[test]
+fn full_disk_gives_452_and_loses_nothing() {
+    if !nix_is_root() {
+        eprintln!("not root: cannot mount a tmpfs to fill");
+        return;
+    }
+    let mut s = TestServer::configured("", "[delivery]\nenabled = false\n");
+    std::fs::create_dir_all(s.data_dir()).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k", "tmpfs"])
+        .arg(s.data_dir())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    let _guard = Tmpfs(s.data_dir());
+    s.spawn();
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n".repeat(1600)
+    );
+    let mut accepted = 0;
+    let mut refused = None;
+    for _ in 0..20 {
+        let mut w = Wire::greeted(s.smtp);
+        assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+        assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+        assert!(w.cmd("DATA").starts_with("354 "));
+        w.send(body.as_bytes());
+        w.send(b".\r\n");
+        let r = w.reply();
+        if r.starts_with("250 ") {
+            accepted += 1;
+        } else {
+            refused = Some(r);
+            break;
+        }
+    }
+    let refused = refused.expect("the spool never filled up");
+    assert_eq!(
+        refused,
+        "452 4.3.1 Insufficient system storage, try again later\r\n"
+    );
+    assert!(accepted >= 1, "nothing was accepted before the disk filled");
+    assert_eq!(s.queued().len(), accepted);
+    assert!(
+        list(&s.data_dir().join("spool/tmp")).is_empty(),
+        "partial file left in tmp/"
+    );
+    // Space returns: accepted again.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=8m"])
+        .arg(s.data_dir())
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    assert!(send_one(s.smtp, "after").starts_with("250 "));
+    // Everything acknowledged is delivered once delivery runs.
+    s.kill9();
+    s.set_tables("[delivery]\nenabled = true\n");
+    s.spawn();
+    s.wait_for_mail("localhost", "postmaster", accepted + 1);
+    s.kill9();
 }

@@ -33,7 +33,15 @@ fn free_port() -> u16 {
 impl TestServer {
     /// Starts a server. `top` holds top-level keys, `tables` extra TOML tables.
     pub fn start(top: &str, tables: &str) -> TestServer {
-        let mut s = TestServer {
+        let mut s = Self::configured(top, tables);
+        s.spawn();
+        s
+    }
+
+    /// Writes the config but does not start the server (for tests that prepare the data
+    /// directory first).
+    pub fn configured(top: &str, tables: &str) -> TestServer {
+        let s = TestServer {
             dir: tempfile::tempdir().unwrap(),
             smtp: free_port(),
             submission: free_port(),
@@ -43,7 +51,6 @@ impl TestServer {
             tables: tables.to_string(),
         };
         s.write_config();
-        s.spawn();
         s
     }
 
@@ -134,7 +141,7 @@ impl TestServer {
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().unwrap();
-        signal(c.id(), "TERM");
+        signal(c.id(), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = c.try_wait().unwrap() {
@@ -229,13 +236,9 @@ pub fn list(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-pub fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, sig).unwrap();
 }
 
 /// Splits a delivered Maildir file into (Return-Path and Delivered-To lines, Received header,
