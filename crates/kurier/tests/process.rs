@@ -333,3 +333,45 @@ fn full_disk_gives_452_and_loses_nothing() {
     s.wait_for_mail("localhost", "postmaster", accepted + 1);
     s.kill9();
 }
+
+#[test]
+fn user_add_reads_the_password_from_stdin() {
+    use std::io::Write;
+    let s = TestServer::default();
+    let mut child = Command::new(BIN)
+        .args(["user", "add", "dora@localhost", "--config"])
+        .arg(s.config_path())
+        .arg("--data-dir")
+        .arg(s.data_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("added dora@localhost"));
+    // The running server accepts her credentials at once.
+    let out = run_ok(Command::new("swaks").args([
+        "--server",
+        &format!("127.0.0.1:{}", s.submission),
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "dora@localhost",
+        "--auth-password",
+        PASSWORD,
+        "--to",
+        "dora@localhost",
+        "--timeout",
+        "20",
+    ]));
+    assert!(out.contains("235 2.7.0"), "{out}");
+    s.wait_for_mail("localhost", "dora", 1);
+}

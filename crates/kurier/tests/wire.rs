@@ -235,3 +235,25 @@ print("ok", t.version())
     let out = run_ok(Command::new("python3").args(["-c", script, &s.smtp.to_string()]));
     assert!(out.starts_with("ok TLSv1.3"), "{out}");
 }
+
+#[test]
+fn stalled_message_data_is_timed_out_and_not_delivered() {
+    let s = TestServer::start("", "[limits]\ndata_timeout = \"1s\"\n");
+    let mut w = Wire::greeted(s.smtp);
+    transaction(&mut w, "a@example.test", "postmaster@localhost");
+    w.send(b"Subject: half a message\r\n\r\nand then nothing");
+    assert_eq!(
+        w.reply(),
+        "421 4.4.2 mx.kurier.test Timeout, closing connection\r\n"
+    );
+    assert_eq!(w.reply(), "");
+    assert!(s.queued().is_empty());
+    // Unterminated DATA at EOF is not delivered either.
+    let mut w = Wire::greeted(s.smtp);
+    transaction(&mut w, "a@example.test", "postmaster@localhost");
+    w.send(b"Subject: cut\r\n\r\nbody\r\n");
+    w.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(w.reply(), "");
+    assert!(s.queued().is_empty());
+    assert!(!s.maildir("localhost", "postmaster").join("new").exists());
+}
