@@ -257,3 +257,68 @@ fn stalled_message_data_is_timed_out_and_not_delivered() {
     assert!(s.queued().is_empty());
     assert!(!s.maildir("localhost", "postmaster").join("new").exists());
 }
+
+#[test]
+fn dsn_parameters_are_stored_with_the_envelope() {
+    let s = TestServer::start("", "[delivery]\nenabled = false\n");
+    let mut w = Wire::greeted(s.smtp);
+    assert!(
+        w.cmd("MAIL FROM:<a@example.test> RET=HDRS ENVID=env+2Bid-1")
+            .starts_with("250 ")
+    );
+    assert!(
+        w.cmd(
+            "RCPT TO:<postmaster@localhost> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;orig+2Bx@example.test"
+        )
+        .starts_with("250 ")
+    );
+    assert!(
+        w.cmd("RCPT TO:<postmaster@kurier.test> NOTIFY=NEVER")
+            .starts_with("250 ")
+    );
+    assert!(w.cmd("DATA").starts_with("354 "));
+    w.send(b"Subject: dsn\r\n\r\nx\r\n.\r\n");
+    assert!(w.reply().starts_with("250 "));
+    let q = s.queued();
+    assert_eq!(q.len(), 1);
+    let text = String::from_utf8_lossy(&std::fs::read(&q[0]).unwrap()).to_string();
+    for expected in [
+        "\"ret\":\"HDRS\"",
+        "\"envid\":\"env+id-1\"",
+        "\"orcpt\":\"rfc822;orig+x@example.test\"",
+        "\"notify\":{\"never\":false,\"success\":true,\"failure\":false,\"delay\":true}",
+        "\"notify\":{\"never\":true,\"success\":false,\"failure\":false,\"delay\":false}",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from {text}");
+    }
+}
+
+/// A certificate from the config file is the one presented (on STARTTLS and on 465).
+#[test]
+fn configured_certificate_is_used() {
+    let first = TestServer::default();
+    let cert = first.data_dir().join("tls/cert.pem");
+    let key = first.data_dir().join("tls/key.pem");
+    let tables = format!("[tls]\ncertificate = {:?}\nprivate_key = {:?}\n", cert, key);
+    let s = TestServer::start("", &tables);
+    assert!(
+        !s.data_dir().join("tls").exists(),
+        "no certificate is generated when one is configured"
+    );
+    let script = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.check_hostname = False
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20) as raw:
+    with ctx.wrap_socket(raw) as t:
+        assert t.recv(100).startswith(b"220 ")
+print("verified")
+"#;
+    let out = run_ok(Command::new("python3").args([
+        "-c",
+        script,
+        &s.submissions.to_string(),
+        cert.to_str().unwrap(),
+    ]));
+    assert!(out.contains("verified"), "{out}");
+}
