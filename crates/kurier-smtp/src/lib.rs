@@ -10,6 +10,7 @@
 //! - [`command`]: command-line parsing with ESMTP parameters (SIZE, BODY, SMTPUTF8, DSN, AUTH).
 //! - [`data`]: the DATA/BDAT stream decoder (strict CRLF, dot-unstuffing, limits).
 //! - [`session`]: the server session state machine.
+//! - [`client`]: the client session state machine for outbound delivery.
 //! - [`trace`]: the Received trace header (RFC 5321 §4.4).
 //!
 //! ## Design
@@ -22,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod reply;
