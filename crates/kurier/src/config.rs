@@ -76,6 +76,10 @@ pub struct Config {
     pub users: BTreeMap<String, String>,
     /// Delivery settings.
     pub delivery: DeliveryConfig,
+    /// DNS resolution for outbound delivery.
+    pub dns: DnsConfig,
+    /// Routes overriding MX lookup (smarthosts), by recipient domain.
+    pub routes: Vec<RouteConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -157,8 +161,100 @@ pub struct DeliveryConfig {
     /// Deliver queued mail. With false, accepted mail stays queued until restarted with true
     /// (maintenance).
     pub enabled: bool,
-    /// Parallel local deliveries.
+    /// Messages delivered in parallel.
     pub workers: usize,
+    /// Connections at once to one destination domain.
+    pub per_destination: usize,
+    /// Waits between attempts after temporary failures; the last one repeats. A random
+    /// jitter of up to 10% is added.
+    #[serde(with = "duration_list")]
+    pub retry: Vec<Duration>,
+    /// After this long in the queue, a message still undelivered is bounced
+    /// (RFC 5321 §4.5.4.1: at least 4-5 days).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// After this long undelivered, the sender gets a delay warning (once).
+    #[serde(with = "humantime_serde")]
+    pub delay_warning: Duration,
+    /// Timeout for connecting and for each reply of a remote server.
+    #[serde(with = "humantime_serde")]
+    pub remote_timeout: Duration,
+    /// Remote port for MX delivery. Only tests and special setups change it; routes set
+    /// their own port.
+    pub mx_port: u16,
+}
+
+/// DNS settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers ("IP" or "IP:port"). Empty: the system's /etc/resolv.conf.
+    pub servers: Vec<String>,
+}
+
+/// How a route or MX connection uses TLS.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS when offered, certificate not checked (the norm between MX hosts).
+    #[default]
+    Opportunistic,
+    /// STARTTLS must succeed; certificate not checked.
+    Required,
+    /// STARTTLS must succeed and the certificate must verify for the host name.
+    Verify,
+    /// TLS from the first byte (port 465); certificate not checked.
+    Implicit,
+    /// Never TLS.
+    None,
+}
+
+/// A route: recipients in these domains go to a fixed host instead of the MX.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Recipient domains this route applies to; "*" matches every remote domain.
+    pub domains: Vec<String>,
+    /// The next hop's host name or IP address. Without it, MX lookup is used with this
+    /// route's TLS settings.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The next hop's port (default 25).
+    #[serde(default = "default_route_port")]
+    pub port: u16,
+    /// TLS: "opportunistic", "required", "verify", "implicit" or "none".
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM CA certificates for `tls = "verify"` (default: the system's bundle).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// AUTH user name for the smarthost (sent only over TLS).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// AUTH password.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_route_port() -> u16 {
+    25
+}
+
+/// A list of human-readable durations (`["1m", "5m"]`).
+mod duration_list {
+    use std::time::Duration;
+
+    use humantime_serde::Serde;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| Serde::from(*d)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let v: Vec<Serde<Duration>> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(Serde::into_inner).collect())
+    }
 }
 
 /// Logging settings.
@@ -213,6 +309,8 @@ impl Default for Config {
             aliases: BTreeMap::new(),
             users: BTreeMap::new(),
             delivery: DeliveryConfig::default(),
+            dns: DnsConfig::default(),
+            routes: Vec::new(),
             log: LogConfig::default(),
         }
     }
@@ -236,9 +334,16 @@ impl Default for Limits {
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(n * 60);
         DeliveryConfig {
             enabled: true,
-            workers: 4,
+            workers: 8,
+            per_destination: 4,
+            retry: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
+            max_lifetime: Duration::from_secs(5 * 24 * 3600),
+            delay_warning: Duration::from_secs(4 * 3600),
+            remote_timeout: Duration::from_secs(120),
+            mx_port: 25,
         }
     }
 }
@@ -330,6 +435,11 @@ impl Config {
             ("limits.errors", u64::from(l.errors)),
             ("limits.auth_failures", u64::from(l.auth_failures)),
             ("delivery.workers", self.delivery.workers as u64),
+            (
+                "delivery.per_destination",
+                self.delivery.per_destination as u64,
+            ),
+            ("delivery.mx_port", u64::from(self.delivery.mx_port)),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));
@@ -341,6 +451,54 @@ impl Config {
         ] {
             if value < Duration::from_secs(1) {
                 return Err(invalid(key, "must be at least 1s"));
+            }
+        }
+        if self.delivery.retry.is_empty() || self.delivery.retry.iter().any(|d| d.is_zero()) {
+            return Err(invalid(
+                "delivery.retry",
+                "needs at least one duration, none of them zero",
+            ));
+        }
+        for (i, server) in self.dns.servers.iter().enumerate() {
+            if crate::dns::parse_server(server).is_none() {
+                return Err(invalid(
+                    format!("dns.servers[{i}]"),
+                    format!("{server:?} is not an IP address or IP:port"),
+                ));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.domains.is_empty() {
+                return Err(invalid(
+                    format!("routes[{i}].domains"),
+                    "needs at least one domain or \"*\"",
+                ));
+            }
+            for d in &r.domains {
+                if d != "*" && Domain::parse(d).is_err() {
+                    return Err(invalid(
+                        format!("routes[{i}].domains"),
+                        format!("{d:?} is not a domain"),
+                    ));
+                }
+            }
+            if r.username.is_some() != r.password.is_some() {
+                return Err(invalid(
+                    format!("routes[{i}]"),
+                    "username and password go together",
+                ));
+            }
+            if r.username.is_some() && r.tls == TlsMode::None {
+                return Err(invalid(
+                    format!("routes[{i}].tls"),
+                    "AUTH needs TLS; credentials are never sent in plaintext",
+                ));
+            }
+            if r.host.is_none() && (r.username.is_some() || r.tls == TlsMode::Implicit) {
+                return Err(invalid(
+                    format!("routes[{i}].host"),
+                    "needed with credentials or implicit TLS",
+                ));
             }
         }
         for (addr, targets) in &self.aliases {

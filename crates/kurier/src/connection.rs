@@ -11,51 +11,18 @@ use std::time::Instant;
 
 use kurier_smtp::session::{Action, AuthVerdict, ServerSession, SessionConfig, TlsInfo};
 use kurier_smtp::{Reply, Role, codes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::inbound;
 use crate::server::Context;
+use crate::stream::Conn;
 use crate::tls;
 
 /// Read buffer per connection; SMTP lines are short and DATA streams in pieces.
 const READ_BUFFER: usize = 8 * 1024;
-
-/// The stream, before or after TLS.
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Conn {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf).await,
-            Conn::Tls(s) => s.read(buf).await,
-        }
-    }
-
-    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match self {
-            Conn::Plain(s) => write_flush(s, data).await,
-            Conn::Tls(s) => write_flush(s.as_mut(), data).await,
-        }
-    }
-
-    async fn shutdown(&mut self) {
-        let _ = match self {
-            Conn::Plain(s) => s.shutdown().await,
-            Conn::Tls(s) => s.shutdown().await,
-        };
-    }
-}
-
-async fn write_flush<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
-    s.write_all(data).await?;
-    s.flush().await
-}
 
 /// Signals from the server to its sessions.
 #[derive(Clone)]
@@ -141,7 +108,7 @@ async fn run(
         match tokio::time::timeout(limits.command_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => {
                 initial_tls = Some(tls::session_info(s.get_ref().1));
-                conn = Conn::Tls(Box::new(s));
+                conn = Conn::Tls(Box::new(TlsStream::Server(s)));
             }
             Ok(Err(e)) => {
                 tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed");
@@ -201,7 +168,7 @@ async fn run(
                             let info = tls::session_info(s.get_ref().1);
                             summary.tls = Some(info.clone());
                             session.tls_established(info);
-                            conn = Conn::Tls(Box::new(s));
+                            conn = Conn::Tls(Box::new(TlsStream::Server(s)));
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(peer = %peer.ip(), error = %e, "STARTTLS handshake failed");

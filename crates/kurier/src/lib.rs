@@ -11,6 +11,7 @@
 //! - [`inbound`]: relay and recipient policy; the durable commit before `250`.
 //! - [`delivery`]: local delivery workers and retries.
 //! - [`maildir`]: Maildir writing with fsync.
+//! - [`stream`]: a connection in plaintext or TLS.
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
 //! - [`privilege`]: switching to an unprivileged user after binding.
 
@@ -20,8 +21,11 @@ pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod directory;
+pub mod dns;
+pub mod dsn;
 pub mod inbound;
 pub mod maildir;
 pub mod privilege;
 pub mod server;
+pub mod stream;
 pub mod tls;
