@@ -641,10 +641,10 @@ impl ClientSession {
                 self.fail(Stage::Auth, Some(reply), "authentication failed".into());
             }
             Expect::Mail => {
-                if let Some(tx) = self.tx.as_mut() {
-                    if !ok {
-                        tx.mail_failed = Some(reply);
-                    }
+                if let Some(tx) = self.tx.as_mut()
+                    && !ok
+                {
+                    tx.mail_failed = Some(reply);
                 }
                 self.send_next_queued();
             }

@@ -85,15 +85,24 @@ pub enum RecipientStatus {
     Delivered {
         /// When.
         at: u64,
-        /// Where to (a mailbox path or a remote host's reply), for the logs.
+        /// Where to (a mailbox path or the remote server and its reply), for logs and DSNs.
         detail: String,
+        /// Handed to a server without DSN support (RFC 3461 "relayed").
+        #[serde(default)]
+        relayed: bool,
     },
     /// Failed permanently; a DSN is due unless NOTIFY says otherwise.
     Failed {
         /// When.
         at: u64,
-        /// The reason, as an SMTP reply or local error text.
+        /// The reason as `type; text`, e.g. `smtp; 550 5.1.1 no such user`.
         reason: String,
+        /// RFC 3463 status, e.g. `5.1.1`.
+        #[serde(default)]
+        status: String,
+        /// The remote server that refused, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote_mta: Option<String>,
     },
 }
 
@@ -118,9 +127,18 @@ pub struct RecipientState {
     /// Unix time of the next attempt (booked before each attempt).
     #[serde(default)]
     pub next_attempt: u64,
-    /// The last temporary error, for `queue list` and delay DSNs.
+    /// The last temporary error as `type; text`, for `queue list` and delay DSNs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// RFC 3463 status of the last temporary error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<String>,
+    /// The remote server of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_mta: Option<String>,
+    /// A DSN about this recipient's final state was sent (or was not wanted).
+    #[serde(default)]
+    pub notified: bool,
 }
 
 impl RecipientState {
@@ -135,6 +153,9 @@ impl RecipientState {
             attempts: 0,
             next_attempt: 0,
             last_error: None,
+            last_status: None,
+            last_mta: None,
+            notified: false,
         }
     }
 
@@ -181,6 +202,9 @@ pub struct Envelope {
     /// Held by the admin: not delivered until released.
     #[serde(default)]
     pub hold: bool,
+    /// The delay warning was sent (once per message).
+    #[serde(default)]
+    pub delay_warned: bool,
 }
 
 impl Envelope {

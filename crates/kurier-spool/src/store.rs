@@ -343,6 +343,7 @@ mod tests {
             helo: "c".into(),
             auth_user: None,
             hold: false,
+            delay_warned: false,
         }
     }
 
@@ -375,6 +376,7 @@ mod tests {
         env.recipients[0].status = RecipientStatus::Delivered {
             at: 2,
             detail: "maildir".into(),
+            relayed: false,
         };
         env.recipients[1].attempts = 1;
         spool.update(&env).unwrap();

@@ -61,13 +61,13 @@ pub async fn serve(
         .unwrap_or("none");
     tracing::info!(
         peer = %peer.ip(),
-        listener = role.name(),
-        helo = summary.helo.as_deref().unwrap_or("-"),
-        tls,
-        auth = summary.auth.as_deref().unwrap_or("-"),
+        listener = %role.name(),
+        helo = %summary.helo.as_deref().unwrap_or("-"),
+        tls = %tls,
+        auth = %summary.auth.as_deref().unwrap_or("-"),
         messages = summary.messages,
         duration_ms = started.elapsed().as_millis() as u64,
-        end = outcome,
+        end = %outcome,
         "connection closed"
     );
 }

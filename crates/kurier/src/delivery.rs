@@ -1,24 +1,29 @@
-//! Delivery of queued mail: local recipients into their Maildir.
+//! The delivery engine: takes queued messages, delivers local recipients into their Maildir
+//! and remote ones over SMTP, retries temporary failures on a schedule, gives up after the
+//! maximum lifetime, and reports back to the sender with DSNs (RFC 3464).
 //!
 //! Accepted messages arrive as [`Job`]s (envelope and bytes, so nothing is read back from
 //! disk on the hot path); messages found in the spool at startup and retries are loaded from
 //! the spool. Each recipient's outcome is recorded in the spool before the message leaves it,
-//! so a crash at any point repeats a delivery at worst, never loses one.
-//!
-//! Remote recipients (relayed by authenticated users) stay queued for the outbound engine.
+//! so a crash at any point repeats a delivery at worst, never loses one. A per-message lock
+//! keeps deliveries and admin commands (`kurier queue …`) from touching a message at once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kurier_smtp::Mailbox;
-use kurier_spool::{Envelope, QueueId, RecipientStatus, Spool, SpoolError};
+use kurier_smtp::client::{OutboundRecipient, OutboundTransaction};
+use kurier_smtp::{Mailbox, Notify, OriginalRecipient, Ret};
+use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, Spool, SpoolError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Config;
 use crate::directory::{Directory, Resolution};
+use crate::dsn::{self, DsnAction, DsnRecipient};
 use crate::maildir;
+use crate::outbound::{Outbound, RemoteOutcome};
 
 /// A message to deliver.
 #[derive(Debug)]
@@ -29,16 +34,6 @@ pub struct Job {
     pub body: Option<Arc<Vec<u8>>>,
 }
 
-/// Retry delays for local delivery failures (disk full, permissions): attempt n waits
-/// `RETRY_DELAYS[n-1]`, the last one repeating.
-const RETRY_DELAYS: [u64; 5] = [60, 300, 900, 1800, 3600];
-
-/// The time of the next attempt after `attempts` failed ones.
-pub fn next_attempt(now: u64, attempts: u32) -> u64 {
-    let i = (attempts.max(1) as usize - 1).min(RETRY_DELAYS.len() - 1);
-    now + RETRY_DELAYS[i]
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -46,10 +41,28 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Handle for submitting jobs; cheap to clone.
-#[derive(Clone, Debug)]
+fn rfc2822(unix: u64) -> String {
+    chrono::DateTime::from_timestamp(i64::try_from(unix).unwrap_or(0), 0)
+        .unwrap_or_default()
+        .to_rfc2822()
+}
+
+/// The time of the next attempt after `attempts` failed ones: the schedule's entry (the last
+/// one repeating) plus up to 10% random jitter, so retries of many messages spread out.
+pub fn next_attempt(now: u64, attempts: u32, schedule: &[Duration]) -> u64 {
+    let i = (attempts.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
+    let base = schedule.get(i).map_or(60, Duration::as_secs).max(1);
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    let jitter = u64::from(u32::from_le_bytes(b)) % (base / 10 + 1);
+    now + base + jitter
+}
+
+/// Handle for submitting jobs and running queue commands; cheap to clone.
+#[derive(Clone)]
 pub struct DeliveryHandle {
     jobs: Option<mpsc::Sender<Job>>,
+    engine: Arc<Engine>,
 }
 
 impl DeliveryHandle {
@@ -65,13 +78,11 @@ impl DeliveryHandle {
                 .await;
         }
     }
-}
 
-struct Engine {
-    spool: Spool,
-    directory: Arc<Directory>,
-    hostname: String,
-    retries: Mutex<BTreeMap<u64, Vec<QueueId>>>,
+    /// The engine, for queue commands.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
 }
 
 /// What the delivery engine needs.
@@ -80,42 +91,55 @@ pub struct Setup {
     pub spool: Spool,
     /// Users and mailboxes.
     pub directory: Arc<Directory>,
-    /// Our host name (Maildir file names).
-    pub hostname: String,
-    /// Parallel deliveries.
-    pub workers: usize,
-    /// False: deliver nothing, keep everything queued.
-    pub enabled: bool,
+    /// The configuration (host name, schedule, limits).
+    pub config: Arc<Config>,
+    /// Outbound SMTP.
+    pub outbound: Arc<Outbound>,
     /// Messages found in the spool at startup.
     pub recovered: Vec<Envelope>,
 }
 
+/// The engine's shared state.
+pub struct Engine {
+    spool: Spool,
+    directory: Arc<Directory>,
+    config: Arc<Config>,
+    outbound: Arc<Outbound>,
+    retries: Mutex<BTreeMap<u64, Vec<QueueId>>>,
+    locks: Mutex<HashMap<QueueId, Arc<tokio::sync::Mutex<()>>>>,
+    enabled: bool,
+}
+
 /// Starts the workers and the retry timer, and queues what recovery found. With
-/// `enabled == false` nothing is delivered (messages stay queued).
+/// `delivery.enabled = false` nothing is delivered (messages stay queued).
 pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> DeliveryHandle {
     let Setup {
         spool,
         directory,
-        hostname,
-        workers,
-        enabled,
+        config,
+        outbound,
         recovered,
     } = setup;
+    let enabled = config.delivery.enabled;
+    let workers = config.delivery.workers;
+    let engine = Arc::new(Engine {
+        spool,
+        directory,
+        config,
+        outbound,
+        retries: Mutex::new(BTreeMap::new()),
+        locks: Mutex::new(HashMap::new()),
+        enabled,
+    });
     if !enabled {
         tracing::warn!(
             queued = recovered.len(),
             "delivery is disabled in the config: mail stays queued"
         );
-        return DeliveryHandle { jobs: None };
+        return DeliveryHandle { jobs: None, engine };
     }
     let (tx, rx) = mpsc::channel::<Job>(256);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let engine = Arc::new(Engine {
-        spool,
-        directory,
-        hostname,
-        retries: Mutex::new(BTreeMap::new()),
-    });
     for _ in 0..workers {
         let (engine, rx, stop) = (engine.clone(), rx.clone(), stop.clone());
         tracker.spawn(async move {
@@ -125,55 +149,37 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
                     _ = stop.cancelled() => None,
                 };
                 let Some(job) = job else { break };
-                let e = engine.clone();
-                let _ = tokio::task::spawn_blocking(move || e.deliver(job)).await;
+                engine.process(job).await;
             }
         });
     }
     // Recovered messages: due ones now, the others at their time.
     let now = unix_now();
-    let mut due = Vec::new();
     for env in recovered {
         if env.hold {
             continue;
         }
-        match env
+        let at = env
             .recipients
             .iter()
-            .filter(|r| r.is_pending() && r.local)
+            .filter(|r| r.is_pending())
             .map(|r| r.next_attempt)
-            .min()
-        {
-            Some(t) if t > now => engine.schedule(env.id.clone(), t),
-            Some(_) => due.push(env),
-            None => {}
+            .min();
+        if let Some(t) = at {
+            engine.schedule(env.id.clone(), t.max(now));
         }
     }
-    let feeder = tx.clone();
+    let (timer_engine, timer_tx) = (engine.clone(), tx.clone());
     tracker.spawn(async move {
-        for envelope in due {
-            if feeder
-                .send(Job {
-                    envelope,
-                    body: None,
-                })
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    let (engine, timer_tx) = (engine.clone(), tx.clone());
-    tracker.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => break,
             }
-            for id in engine.due(unix_now()) {
-                let e = engine.clone();
+            timer_engine.outbound.sweep();
+            for id in timer_engine.due(unix_now()) {
+                let e = timer_engine.clone();
                 let loaded = tokio::task::spawn_blocking(move || e.spool.envelope(&id)).await;
                 if let Ok(Ok(envelope)) = loaded
                     && timer_tx
@@ -189,7 +195,20 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
             }
         }
     });
-    DeliveryHandle { jobs: Some(tx) }
+    DeliveryHandle {
+        jobs: Some(tx),
+        engine,
+    }
+}
+
+/// A recipient's RFC 3461 NOTIFY from its stored flags.
+fn notify_of(r: &RecipientState) -> Option<Notify> {
+    r.notify.map(|n| Notify {
+        never: n.never,
+        success: n.success,
+        failure: n.failure,
+        delay: n.delay,
+    })
 }
 
 impl Engine {
@@ -202,49 +221,87 @@ impl Engine {
         let mut r = self.retries.lock().unwrap_or_else(|p| p.into_inner());
         let later = r.split_off(&(now + 1));
         let due = std::mem::replace(&mut *r, later);
-        due.into_values().flatten().collect()
+        let mut ids: Vec<QueueId> = due.into_values().flatten().collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
-    /// Delivers the local recipients of one message and records the outcome (blocking I/O).
-    fn deliver(&self, job: Job) {
+    /// The lock that serializes work on one message.
+    fn lock_for(&self, id: &QueueId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(id.clone()).or_default().clone()
+    }
+
+    /// True when delivery runs (queue commands that need it say so otherwise).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    async fn process(self: &Arc<Self>, job: Job) {
         let id = job.envelope.id.clone();
-        let (mut env, body) = match job.body {
-            Some(b) => (job.envelope, b),
-            None => match self.spool.load(&id) {
-                Ok((e, b)) => (e, Arc::new(b)),
-                Err(SpoolError::NotFound(_)) => return,
-                Err(e) => {
-                    tracing::error!(queue_id = %id, error = %e, "cannot load queued message");
-                    return;
-                }
-            },
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        // Always work on the spool's current state (a queue command may have changed it).
+        let engine = self.clone();
+        let fresh_body = job.body;
+        let loaded = tokio::task::spawn_blocking(move || match fresh_body {
+            Some(b) => engine.spool.envelope(&id).map(|e| (e, b)),
+            None => engine.spool.load(&id).map(|(e, b)| (e, Arc::new(b))),
+        })
+        .await;
+        let (mut env, body) = match loaded {
+            Ok(Ok(x)) => x,
+            Ok(Err(SpoolError::NotFound(_))) => return,
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = %job.envelope.id, error = %e, "cannot load queued message");
+                return;
+            }
+            Err(_) => return,
         };
         if env.hold {
             return;
         }
         let now = unix_now();
+        let engine = self.clone();
+        let local_body = body.clone();
+        env = match tokio::task::spawn_blocking(move || {
+            engine.deliver_local(&mut env, &local_body, now);
+            env
+        })
+        .await
+        {
+            Ok(e) => e,
+            Err(_) => return,
+        };
+        self.deliver_remote(&mut env, &body, now).await;
+        self.expire(&mut env, unix_now());
+        let engine = self.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.finish(env, &body)).await;
+    }
+
+    /// Local recipients into their Maildir (blocking I/O).
+    fn deliver_local(&self, env: &mut Envelope, body: &[u8], now: u64) {
         let sender = if env.sender.is_empty() {
             "<>".to_string()
         } else {
             format!("<{}>", env.sender)
         };
-        let mut changed = false;
+        let id = env.id.clone();
         // Several recipient addresses can lead to one mailbox (aliases): one copy each.
         let mut delivered_to: HashSet<String> = HashSet::new();
+        let schedule = &self.config.delivery.retry;
         for r in env
             .recipients
             .iter_mut()
             .filter(|r| r.is_pending() && r.local && r.next_attempt <= now)
         {
-            changed = true;
             r.attempts += 1;
             let mailbox = match Mailbox::parse(&r.address) {
                 Ok(m) => m,
                 Err(e) => {
-                    r.status = RecipientStatus::Failed {
-                        at: now,
-                        reason: format!("550 5.1.3 bad address: {e}"),
-                    };
+                    r.status = failed(now, "5.1.3", format!("x-kurier; bad address: {e}"), None);
                     continue;
                 }
             };
@@ -261,9 +318,9 @@ impl Engine {
                         let headers = format!("Return-Path: {sender}\nDelivered-To: {t}\n");
                         match maildir::deliver(
                             &self.directory.maildir(t),
-                            &self.hostname,
+                            &self.config.hostname,
                             &headers,
-                            &body,
+                            body,
                         ) {
                             Ok(p) => {
                                 tracing::info!(queue_id = %id, rcpt = %r.address, mailbox = %t, path = %p.display(), "delivered");
@@ -280,26 +337,148 @@ impl Engine {
                             r.status = RecipientStatus::Delivered {
                                 at: now,
                                 detail: paths.join(" "),
+                                relayed: false,
                             }
                         }
                         Some(e) => {
-                            r.next_attempt = next_attempt(now, r.attempts);
+                            r.next_attempt = next_attempt(now, r.attempts, schedule);
                             tracing::warn!(queue_id = %id, rcpt = %r.address, error = %e, attempts = r.attempts, "local delivery deferred");
-                            r.last_error = Some(format!("451 4.3.0 local delivery failed: {e}"));
+                            r.last_error = Some(format!("x-kurier; local delivery failed: {e}"));
+                            r.last_status = Some("4.3.0".into());
                         }
                     }
                 }
                 Resolution::Unknown => {
-                    let reason = format!("550 5.1.1 <{}>: mailbox no longer exists", r.address);
-                    tracing::error!(queue_id = %id, rcpt = %r.address, reason = %reason, "delivery failed permanently (DSN generation is not implemented yet)");
-                    r.status = RecipientStatus::Failed { at: now, reason };
+                    let reason = format!("x-kurier; <{}>: mailbox no longer exists", r.address);
+                    tracing::warn!(queue_id = %id, rcpt = %r.address, "local mailbox no longer exists");
+                    r.status = failed(now, "5.1.1", reason, None);
                 }
                 Resolution::Remote => {
                     // The domain stopped being local after the message was accepted.
                     r.local = false;
+                    r.attempts -= 1;
                 }
             }
         }
+    }
+
+    /// Remote recipients over SMTP, one transaction per destination domain.
+    async fn deliver_remote(&self, env: &mut Envelope, body: &[u8], now: u64) {
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in env.recipients.iter().enumerate() {
+            if r.is_pending()
+                && !r.local
+                && r.next_attempt <= now
+                && let Some((_, domain)) = r.address.rsplit_once('@')
+            {
+                groups
+                    .entry(domain.to_ascii_lowercase())
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let schedule = self.config.delivery.retry.clone();
+        for (domain, indexes) in groups {
+            let recipients: Vec<OutboundRecipient> = indexes
+                .iter()
+                .map(|&i| {
+                    let r = &env.recipients[i];
+                    OutboundRecipient {
+                        address: r.address.clone(),
+                        notify: notify_of(r),
+                        orcpt: r.orcpt.as_ref().and_then(|o| {
+                            let (t, a) = o.split_once(';')?;
+                            Some(OriginalRecipient {
+                                addr_type: t.to_string(),
+                                address: a.to_string(),
+                            })
+                        }),
+                    }
+                })
+                .collect();
+            let smtputf8 = env.smtputf8
+                || !env.sender.is_ascii()
+                || recipients.iter().any(|r| !r.address.is_ascii());
+            let tx = OutboundTransaction {
+                from: env.sender.clone(),
+                recipients,
+                size: body.len() as u64,
+                eight_bit: env.eight_bit || !body.is_ascii(),
+                smtputf8,
+                ret: match env.ret.as_deref() {
+                    Some("HDRS") => Some(Ret::Hdrs),
+                    Some("FULL") => Some(Ret::Full),
+                    _ => None,
+                },
+                envid: env.envid.clone(),
+            };
+            let results = self.outbound.deliver(&domain, &tx, body).await;
+            let done = unix_now();
+            for (&i, outcome) in indexes.iter().zip(results) {
+                let r = &mut env.recipients[i];
+                r.attempts += 1;
+                match outcome {
+                    RemoteOutcome::Delivered { mta, reply, dsn } => {
+                        tracing::info!(queue_id = %env.id, rcpt = %r.address, mta = %mta, reply = %reply, "delivered");
+                        r.status = RecipientStatus::Delivered {
+                            at: done,
+                            detail: format!("{mta}: {reply}"),
+                            relayed: !dsn,
+                        };
+                    }
+                    RemoteOutcome::Failed {
+                        permanent: true,
+                        status,
+                        diagnostic,
+                        mta,
+                    } => {
+                        let reason = format!("{}; {}", diagnostic.0, diagnostic.1);
+                        tracing::info!(queue_id = %env.id, rcpt = %r.address, mta = mta.as_deref().unwrap_or("-"), reason = %reason, "delivery failed");
+                        r.status = failed(done, &status, reason, mta);
+                    }
+                    RemoteOutcome::Failed {
+                        permanent: false,
+                        status,
+                        diagnostic,
+                        mta,
+                    } => {
+                        r.next_attempt = next_attempt(done, r.attempts, &schedule);
+                        let reason = format!("{}; {}", diagnostic.0, diagnostic.1);
+                        tracing::info!(queue_id = %env.id, rcpt = %r.address, mta = mta.as_deref().unwrap_or("-"), reason = %reason, retry_in_s = r.next_attempt.saturating_sub(done), "delivery deferred");
+                        r.last_error = Some(reason);
+                        r.last_status = Some(status);
+                        r.last_mta = mta;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Recipients still pending after the maximum lifetime fail (RFC 5321 §4.5.4.1).
+    fn expire(&self, env: &mut Envelope, now: u64) {
+        let lifetime = self.config.delivery.max_lifetime.as_secs();
+        if now < env.received_at.saturating_add(lifetime) {
+            return;
+        }
+        for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
+            let last = r
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no attempt succeeded".into());
+            let reason = format!(
+                "x-kurier; message expired after {} in the queue; last error: {last}",
+                humantime::format_duration(self.config.delivery.max_lifetime)
+            );
+            let status = r.last_status.clone().unwrap_or_else(|| "4.4.7".into());
+            r.status = failed(now, &status, reason, r.last_mta.clone());
+        }
+    }
+
+    /// Reports (DSNs), then records the state: removes a finished message, or writes its
+    /// progress and books its next attempt (blocking I/O).
+    fn finish(&self, mut env: Envelope, body: &[u8]) {
+        self.report(&mut env, body);
+        let id = env.id.clone();
         if env.is_done() {
             match self.spool.remove(&id) {
                 Ok(()) | Err(SpoolError::NotFound(_)) => {
@@ -311,20 +490,180 @@ impl Engine {
             }
             return;
         }
-        if changed && let Err(e) = self.spool.update(&env) {
+        if let Err(e) = self.spool.update(&env) {
             tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
         }
         if let Some(t) = env
             .recipients
             .iter()
-            .filter(|r| r.is_pending() && r.local)
+            .filter(|r| r.is_pending())
             .map(|r| r.next_attempt)
             .min()
         {
             self.schedule(id, t);
-        } else if env.recipients.iter().any(|r| r.is_pending()) {
-            tracing::info!(queue_id = %id, "remote recipients stay queued (outbound delivery is not implemented yet)");
         }
+    }
+
+    /// Sends the DSN this pass calls for, if any (RFC 3461 §5: failures, delays, and successes
+    /// when asked). Never for the null sender: a bounce is never bounced.
+    fn report(&self, env: &mut Envelope, body: &[u8]) {
+        let now = unix_now();
+        let mut blocks = Vec::new();
+        let warn_delay = !env.delay_warned
+            && now
+                >= env
+                    .received_at
+                    .saturating_add(self.config.delivery.delay_warning.as_secs())
+            && env.recipients.iter().any(RecipientState::is_pending);
+        let retry_until = rfc2822(
+            env.received_at
+                .saturating_add(self.config.delivery.max_lifetime.as_secs()),
+        );
+        for r in env.recipients.iter_mut() {
+            let notify = r.notify;
+            let wants = |f: fn(&kurier_spool::NotifyFlags) -> bool, default: bool| match &notify {
+                Some(n) if n.never => false,
+                Some(n) => f(n),
+                None => default,
+            };
+            let (action, status, remote_mta, diagnostic, last_attempt) = match &r.status {
+                RecipientStatus::Failed {
+                    at,
+                    reason,
+                    status,
+                    remote_mta,
+                } if !r.notified => {
+                    r.notified = true;
+                    if !wants(|n| n.failure, true) {
+                        continue;
+                    }
+                    (
+                        DsnAction::Failed,
+                        status.clone(),
+                        remote_mta.clone(),
+                        Some(reason.clone()),
+                        Some(*at),
+                    )
+                }
+                RecipientStatus::Delivered {
+                    at,
+                    detail,
+                    relayed,
+                } if !r.notified => {
+                    r.notified = true;
+                    // A DSN-capable next hop reports success itself (RFC 3461 §5.2.2).
+                    if !wants(|n| n.success, false) || (!r.local && !relayed) {
+                        continue;
+                    }
+                    let action = if *relayed {
+                        DsnAction::Relayed
+                    } else {
+                        DsnAction::Delivered
+                    };
+                    let mta = if r.local {
+                        None
+                    } else {
+                        detail.split(": ").next().map(str::to_string)
+                    };
+                    (action, "2.0.0".to_string(), mta, None, Some(*at))
+                }
+                RecipientStatus::Pending if warn_delay && wants(|n| n.delay, true) => (
+                    DsnAction::Delayed,
+                    r.last_status.clone().unwrap_or_else(|| "4.0.0".into()),
+                    r.last_mta.clone(),
+                    r.last_error.clone(),
+                    None,
+                ),
+                _ => continue,
+            };
+            let diagnostic = diagnostic.map(|d| match d.split_once("; ") {
+                Some((k, t)) => (k.to_string(), t.to_string()),
+                None => ("x-kurier".to_string(), d),
+            });
+            blocks.push(DsnRecipient {
+                final_recipient: r.address.clone(),
+                original_recipient: r.orcpt.clone(),
+                action,
+                status,
+                remote_mta: remote_mta.map(|m| m.split(' ').next().unwrap_or_default().to_string()),
+                diagnostic,
+                last_attempt: last_attempt.map(rfc2822),
+                will_retry_until: (action == DsnAction::Delayed).then(|| retry_until.clone()),
+            });
+        }
+        if warn_delay {
+            env.delay_warned = true;
+        }
+        if blocks.is_empty() {
+            return;
+        }
+        if env.sender.is_empty() {
+            tracing::warn!(queue_id = %env.id, "not reporting on a message from the null sender (a bounce is never bounced)");
+            return;
+        }
+        let Ok(to) = Mailbox::parse(&env.sender) else {
+            tracing::warn!(queue_id = %env.id, sender = %env.sender, "cannot report to an unparsable sender");
+            return;
+        };
+        let id = QueueId::generate();
+        let message_id = format!("{id}@{}", self.config.hostname);
+        let date = rfc2822(now);
+        let report = dsn::build(&dsn::DsnInput {
+            reporting_mta: &self.config.hostname,
+            to: &env.sender,
+            envid: env.envid.as_deref(),
+            arrival_date: &rfc2822(env.received_at),
+            date: &date,
+            message_id: &message_id,
+            recipients: &blocks,
+            original: body,
+            headers_only: env.ret.as_deref() == Some("HDRS"),
+            utf8: env.smtputf8,
+        });
+        let local = self.directory.is_local_domain(to.domain());
+        let dsn_env = Envelope {
+            id: id.clone(),
+            received_at: now,
+            sender: String::new(),
+            recipients: vec![RecipientState::new(env.sender.clone(), local)],
+            size: report.len() as u64,
+            eight_bit: !report.is_ascii(),
+            smtputf8: env.smtputf8,
+            ret: None,
+            envid: None,
+            client_ip: String::new(),
+            helo: String::new(),
+            auth_user: None,
+            hold: false,
+            delay_warned: false,
+        };
+        match self.spool.commit(&dsn_env, &report) {
+            Ok(()) => {
+                let kinds: Vec<&str> = blocks
+                    .iter()
+                    .map(|b| match b.action {
+                        DsnAction::Failed => "failed",
+                        DsnAction::Delayed => "delayed",
+                        DsnAction::Delivered => "delivered",
+                        DsnAction::Relayed => "relayed",
+                    })
+                    .collect();
+                tracing::info!(queue_id = %env.id, dsn_id = %id, to = %env.sender, actions = %kinds.join(","), "delivery status notification queued");
+                self.schedule(id, now);
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %env.id, error = %e, "cannot queue the delivery status notification")
+            }
+        }
+    }
+}
+
+fn failed(at: u64, status: &str, reason: String, remote_mta: Option<String>) -> RecipientStatus {
+    RecipientStatus::Failed {
+        at,
+        reason,
+        status: status.to_string(),
+        remote_mta,
     }
 }
 
@@ -333,11 +672,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_schedule() {
-        assert_eq!(next_attempt(100, 1), 160);
-        assert_eq!(next_attempt(100, 2), 400);
-        assert_eq!(next_attempt(100, 5), 3700);
-        assert_eq!(next_attempt(100, 50), 3700);
-        assert_eq!(next_attempt(100, 0), 160);
+    fn retry_schedule_with_jitter() {
+        let schedule: Vec<Duration> = [60, 300, 900]
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect();
+        for _ in 0..100 {
+            let t = next_attempt(1000, 1, &schedule);
+            assert!((1060..=1066).contains(&t), "{t}");
+            let t = next_attempt(1000, 3, &schedule);
+            assert!((1900..=1990).contains(&t), "{t}");
+            let t = next_attempt(1000, 50, &schedule);
+            assert!((1900..=1990).contains(&t), "the last step repeats: {t}");
+        }
+        assert!(next_attempt(1000, 0, &schedule) >= 1060);
     }
 }

@@ -134,6 +134,7 @@ pub async fn commit(
         helo: message.helo.clone(),
         auth_user: message.auth_user.clone(),
         hold: false,
+        delay_warned: false,
     };
     let body = Arc::new(body);
     let (spool, env, bytes) = (ctx.spool.clone(), envelope.clone(), body.clone());
@@ -176,8 +177,8 @@ pub async fn commit(
         rcpts = %rcpts.join(","),
         size = envelope.size,
         client = %peer.ip(),
-        tls = message.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
-        auth = message.auth_user.as_deref().unwrap_or("-"),
+        tls = %message.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+        auth = %message.auth_user.as_deref().unwrap_or("-"),
         "message accepted"
     );
     ctx.delivery.submit(envelope, body).await;

@@ -25,6 +25,7 @@ pub mod dns;
 pub mod dsn;
 pub mod inbound;
 pub mod maildir;
+pub mod outbound;
 pub mod privilege;
 pub mod server;
 pub mod stream;

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::connection::{self, Shutdown};
 use crate::delivery::{self, DeliveryHandle};
 use crate::directory::Directory;
+use crate::outbound::Outbound;
 use crate::{privilege, tls};
 
 /// Why the server could not start.
@@ -64,6 +65,9 @@ pub enum StartError {
     /// The spool could not be opened.
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    /// Outbound delivery could not be set up (resolver, TLS roots).
+    #[error("outbound delivery: {0}")]
+    Outbound(String),
 }
 
 /// Shared state of the running server.
@@ -201,13 +205,13 @@ pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
     let workers = TaskTracker::new();
+    let outbound = Arc::new(Outbound::new(&config).map_err(StartError::Outbound)?);
     let delivery = delivery::start(
         delivery::Setup {
             spool: spool.clone(),
             directory: directory.clone(),
-            hostname: config.hostname.clone(),
-            workers: config.delivery.workers,
-            enabled: config.delivery.enabled,
+            config: config.clone(),
+            outbound,
             recovered: recovery.queued,
         },
         stop.clone(),

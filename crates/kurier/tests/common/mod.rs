@@ -2,6 +2,8 @@
 //! directory, and talks to it with raw sockets or with real clients (swaks, python3, curl).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ pub const PASSWORD: &str = "correct horse battery";
 
 pub struct TestServer {
     pub dir: tempfile::TempDir,
+    /// The smtp listener's address (127.0.0.1 and a free port unless chosen).
+    pub smtp_ip: std::net::IpAddr,
     pub smtp: u16,
     pub submission: u16,
     pub submissions: u16,
@@ -43,6 +47,7 @@ impl TestServer {
     pub fn configured(top: &str, tables: &str) -> TestServer {
         let s = TestServer {
             dir: tempfile::tempdir().unwrap(),
+            smtp_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             smtp: free_port(),
             submission: free_port(),
             submissions: free_port(),
@@ -51,6 +56,16 @@ impl TestServer {
             tables: tables.to_string(),
         };
         s.write_config();
+        s
+    }
+
+    /// Starts a server whose smtp listener is on `ip:port` (e.g. an MX on port 25).
+    pub fn start_at(ip: std::net::IpAddr, port: u16, top: &str, tables: &str) -> TestServer {
+        let mut s = Self::configured(top, tables);
+        s.smtp_ip = ip;
+        s.smtp = port;
+        s.write_config();
+        s.spawn();
         s
     }
 
@@ -73,11 +88,19 @@ impl TestServer {
     }
 
     fn write_config(&self) {
+        let mut defaults = String::new();
+        if !self.top.contains("hostname =") {
+            defaults.push_str("hostname = \"mx.kurier.test\"\n");
+        }
+        if !self.top.contains("domains =") {
+            defaults.push_str("domains = [\"localhost\", \"kurier.test\"]\n");
+        }
         let text = format!(
-            "hostname = \"mx.kurier.test\"\ndomains = [\"localhost\", \"kurier.test\"]\n{top}\n\
-             [[listeners]]\naddress = \"127.0.0.1:{}\"\nrole = \"smtp\"\n\
+            "{defaults}{top}\n\
+             [[listeners]]\naddress = \"{}:{}\"\nrole = \"smtp\"\n\
              [[listeners]]\naddress = \"127.0.0.1:{}\"\nrole = \"submission\"\n\
              [[listeners]]\naddress = \"127.0.0.1:{}\"\nrole = \"submissions\"\n{tables}\n",
+            self.smtp_ip,
             self.smtp,
             self.submission,
             self.submissions,
@@ -371,4 +394,22 @@ pub fn run_fail(cmd: &mut Command) -> String {
         "{cmd:?} unexpectedly succeeded:\n{text}"
     );
     text
+}
+
+/// A fresh loopback address per call (127.0.X.Y), so tests running in parallel can each have
+/// their own port 25.
+pub fn next_loopback() -> std::net::Ipv4Addr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() % 97 * 50;
+    std::net::Ipv4Addr::new(127, 0, 10 + (n / 250 % 200) as u8, (n % 250 + 1) as u8)
+}
+
+/// Waits (bounded) until something accepts connections on `addr`.
+pub fn wait_listening(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,589 @@
+//! Outbound delivery over SMTP: choosing the next hop, connecting, running the client session.
+//!
+//! For a recipient domain, a configured route decides the next hop (a smarthost with its port,
+//! TLS mode and credentials); otherwise the domain's MX hosts are tried in order on port 25.
+//! Every address of a host is tried before the next host (RFC 5321 §5.1). A refused or timed
+//! out connection, or a 4xx/5xx greeting, EHLO or STARTTLS, moves on to the next address; a
+//! failure once a transaction has started does not (the message's fate at that server is
+//! decided by its replies).
+//!
+//! Connections are reused: after a transaction, a connection in good standing waits a few
+//! seconds for the next message to the same address. A cap per destination domain keeps the
+//! engine polite.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kurier_smtp::Reply;
+use kurier_smtp::client::{
+    ClientAction, ClientConfig, ClientSession, Credentials, OutboundTransaction, RcptOutcome,
+    SessionError, Stage, TlsPolicy, TransactionResult,
+};
+use kurier_smtp::data::dot_stuff;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{
+    ClientConfig as TlsClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_rustls::{TlsConnector, TlsStream};
+
+use crate::config::{Config, TlsMode};
+use crate::dns::{MxResolver, RouteError};
+use crate::stream::Conn;
+
+/// How long a connection waits for the next message to the same address.
+const IDLE_REUSE: Duration = Duration::from_secs(10);
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    /// The next hop accepted the message for this recipient.
+    Delivered {
+        /// The server, as `host [ip]`.
+        mta: String,
+        /// Its final reply.
+        reply: String,
+        /// It offered DSN (if not, the message is "relayed": no more reports will come).
+        dsn: bool,
+    },
+    /// Not delivered.
+    Failed {
+        /// True for permanent failures (bounce now), false for temporary ones (retry).
+        permanent: bool,
+        /// RFC 3463 status, e.g. `5.1.1`.
+        status: String,
+        /// Diagnostic type (`smtp` for a server reply) and text.
+        diagnostic: (String, String),
+        /// The server involved, if any.
+        mta: Option<String>,
+    },
+}
+
+impl RemoteOutcome {
+    fn from_route_error(e: &RouteError) -> RemoteOutcome {
+        RemoteOutcome::Failed {
+            permanent: e.is_permanent(),
+            status: e.status().to_string(),
+            diagnostic: ("x-kurier".into(), e.to_string()),
+            mta: None,
+        }
+    }
+
+    fn from_reply(reply: &Reply, mta: &str) -> RemoteOutcome {
+        let status = reply
+            .enhanced
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| format!("{}.0.0", reply.code / 100));
+        RemoteOutcome::Failed {
+            permanent: reply.is_permanent(),
+            status,
+            diagnostic: ("smtp".into(), reply.to_string()),
+            mta: Some(mta.to_string()),
+        }
+    }
+
+    fn from_session_error(e: &SessionError, mta: &str) -> RemoteOutcome {
+        match &e.reply {
+            Some(reply) if e.is_permanent() => RemoteOutcome::from_reply(reply, mta),
+            Some(reply) => RemoteOutcome::Failed {
+                permanent: false,
+                status: reply
+                    .enhanced
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "4.0.0".into()),
+                diagnostic: (
+                    "smtp".into(),
+                    format!("{reply} (in reply to {})", e.stage.command()),
+                ),
+                mta: Some(mta.to_string()),
+            },
+            None => RemoteOutcome::Failed {
+                permanent: false,
+                status: if e.stage == Stage::StartTls {
+                    "4.7.0".into()
+                } else {
+                    "4.4.2".into()
+                },
+                diagnostic: ("x-kurier".into(), e.message.clone()),
+                mta: Some(mta.to_string()),
+            },
+        }
+    }
+
+    fn temporary(status: &str, message: String, mta: Option<String>) -> RemoteOutcome {
+        RemoteOutcome::Failed {
+            permanent: false,
+            status: status.into(),
+            diagnostic: ("x-kurier".into(), message),
+            mta,
+        }
+    }
+}
+
+/// How to reach the next hop for a domain.
+struct Route {
+    domains: Vec<String>,
+    host: Option<String>,
+    port: u16,
+    tls: TlsMode,
+    connector: TlsConnector,
+    auth: Option<Credentials>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: SocketAddr,
+    route: usize,
+}
+
+struct Idle {
+    conn: Conn,
+    session: ClientSession,
+    since: Instant,
+}
+
+/// The outbound SMTP engine: routes, resolver, connection pool, per-destination limits.
+pub struct Outbound {
+    resolver: MxResolver,
+    helo: String,
+    timeout: Duration,
+    /// Configured routes, then the default MX route last.
+    routes: Vec<Route>,
+    per_destination: usize,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+}
+
+impl Outbound {
+    /// Builds the engine from the configuration.
+    pub fn new(config: &Config) -> Result<Outbound, String> {
+        let resolver = MxResolver::new(&config.dns.servers)?;
+        let insecure = TlsConnector::from(insecure_client_config()?);
+        let mut routes = Vec::new();
+        for r in &config.routes {
+            let connector = if r.tls == TlsMode::Verify {
+                TlsConnector::from(verifying_client_config(r.ca_file.as_deref())?)
+            } else {
+                insecure.clone()
+            };
+            let auth = match (&r.username, &r.password) {
+                (Some(u), Some(p)) => Some(Credentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                }),
+                _ => None,
+            };
+            routes.push(Route {
+                domains: r.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+                host: r.host.clone(),
+                port: r.port,
+                tls: r.tls,
+                connector,
+                auth,
+            });
+        }
+        routes.push(Route {
+            domains: vec!["*".into()],
+            host: None,
+            port: config.delivery.mx_port,
+            tls: TlsMode::Opportunistic,
+            connector: insecure,
+            auth: None,
+        });
+        Ok(Outbound {
+            resolver,
+            helo: config.hostname.clone(),
+            timeout: config.delivery.remote_timeout,
+            routes,
+            per_destination: config.delivery.per_destination,
+            limits: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The route for a domain: an exact match, else a `*` route.
+    fn route_for(&self, domain: &str) -> usize {
+        let domain = domain.to_ascii_lowercase();
+        self.routes
+            .iter()
+            .position(|r| r.domains.contains(&domain))
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .position(|r| r.domains.iter().any(|d| d == "*"))
+            })
+            .unwrap_or(self.routes.len() - 1)
+    }
+
+    /// Delivers one message to the recipients of one domain; one outcome per recipient.
+    pub async fn deliver(
+        &self,
+        domain: &str,
+        tx: &OutboundTransaction,
+        body: &[u8],
+    ) -> Vec<RemoteOutcome> {
+        let n = tx.recipients.len();
+        let all = |o: RemoteOutcome| vec![o; n];
+        let route_index = self.route_for(domain);
+        let route = &self.routes[route_index];
+        let hosts = match &route.host {
+            Some(h) => vec![h.clone()],
+            None => match self.resolver.mx_hosts(domain).await {
+                Ok(h) => h.into_iter().map(|h| h.name).collect(),
+                Err(e) => return all(RemoteOutcome::from_route_error(&e)),
+            },
+        };
+        let permit = {
+            let sem = {
+                let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+                limits
+                    .entry(domain.to_ascii_lowercase())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_destination)))
+                    .clone()
+            };
+            sem.acquire_owned().await
+        };
+        let _permit = permit;
+        let mut last = RemoteOutcome::temporary(
+            "4.4.1",
+            format!("no mail host for {domain} could be reached"),
+            None,
+        );
+        for host in hosts {
+            let ips = match self.resolver.addresses(&host).await {
+                Ok(ips) if !ips.is_empty() => ips,
+                Ok(_) => {
+                    last =
+                        RemoteOutcome::temporary("4.4.3", format!("{host} has no address"), None);
+                    continue;
+                }
+                Err(e) => {
+                    last = RemoteOutcome::temporary(e.status(), e.to_string(), None);
+                    continue;
+                }
+            };
+            for ip in ips {
+                let addr = SocketAddr::new(ip, route.port);
+                let mta = format!("{host} [{ip}]");
+                let key = PoolKey {
+                    addr,
+                    route: route_index,
+                };
+                // A pooled connection first; if it went stale, a fresh one.
+                if let Some(idle) = self.take_idle(&key) {
+                    match self
+                        .transact(idle.conn, idle.session, tx, body, &host, route)
+                        .await
+                    {
+                        Ok((result, dsn, reusable)) => {
+                            self.give_back(key, reusable);
+                            return outcomes(result, &mta, dsn);
+                        }
+                        Err(e) if e.reply.is_none() => {}
+                        Err(e) => return all(RemoteOutcome::from_session_error(&e, &mta)),
+                    }
+                }
+                let (conn, session) = match self.connect(addr, &host, route).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::info!(host = %mta, error = %e.message, "next hop failed, trying the next one");
+                        last = RemoteOutcome::from_session_error(&e, &mta);
+                        if e.try_next_host() || e.reply.is_none() {
+                            continue;
+                        }
+                        return all(last);
+                    }
+                };
+                return match self.transact(conn, session, tx, body, &host, route).await {
+                    Ok((result, dsn, reusable)) => {
+                        self.give_back(key, reusable);
+                        outcomes(result, &mta, dsn)
+                    }
+                    Err(e) => all(RemoteOutcome::from_session_error(&e, &mta)),
+                };
+            }
+        }
+        all(last)
+    }
+
+    fn take_idle(&self, key: &PoolKey) -> Option<Idle> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let list = pool.get_mut(key)?;
+        list.retain(|i| i.since.elapsed() < IDLE_REUSE);
+        list.pop()
+    }
+
+    fn give_back(&self, key: PoolKey, reusable: Option<(Conn, ClientSession)>) {
+        if let Some((conn, session)) = reusable {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.entry(key).or_default().push(Idle {
+                conn,
+                session,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections that waited too long for another message.
+    pub fn sweep(&self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        for list in pool.values_mut() {
+            list.retain(|i| i.since.elapsed() < IDLE_REUSE);
+        }
+        pool.retain(|_, l| !l.is_empty());
+    }
+
+    /// Connects and runs the session up to "ready for MAIL".
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        route: &Route,
+    ) -> Result<(Conn, ClientSession), SessionError> {
+        let err = |message: String| SessionError {
+            stage: Stage::Greeting,
+            reply: None,
+            message,
+        };
+        let tcp = match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(err(format!("connect to {addr}: {e}"))),
+            Err(_) => return Err(err(format!("connect to {addr}: timed out"))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let implicit = route.tls == TlsMode::Implicit;
+        let conn = if implicit {
+            upgrade(Conn::Plain(tcp), host, &route.connector, self.timeout)
+                .await
+                .map_err(&err)?
+        } else {
+            Conn::Plain(tcp)
+        };
+        let policy = match route.tls {
+            TlsMode::Opportunistic => TlsPolicy::Opportunistic,
+            TlsMode::Required | TlsMode::Verify => TlsPolicy::Required,
+            TlsMode::Implicit | TlsMode::None => TlsPolicy::Never,
+        };
+        let session = ClientSession::new(ClientConfig {
+            helo: self.helo.clone(),
+            tls: policy,
+            tls_active: implicit,
+            auth: route.auth.clone(),
+        });
+        let (conn, session, result) = self.drive(conn, session, None, host, route).await;
+        match (result, conn) {
+            (Ok(_), Some(conn)) => Ok((conn, session)),
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Err(err("connection lost".into())),
+        }
+    }
+
+    /// Sends one transaction on a ready session. Returns the result and the connection if it
+    /// can be reused.
+    async fn transact(
+        &self,
+        conn: Conn,
+        mut session: ClientSession,
+        tx: &OutboundTransaction,
+        body: &[u8],
+        host: &str,
+        route: &Route,
+    ) -> Result<(TransactionResult, bool, Option<(Conn, ClientSession)>), SessionError> {
+        let dsn = session.capabilities().dsn;
+        session.send(tx);
+        let (conn, session, result) = self.drive(conn, session, Some(body), host, route).await;
+        match result? {
+            Some(r) => Ok((r, dsn, conn.map(|c| (c, session)))),
+            None => Err(SessionError {
+                stage: Stage::Mail,
+                reply: None,
+                message: "no transaction result".into(),
+            }),
+        }
+    }
+
+    /// Moves bytes between the connection and the session until it is ready for the next
+    /// transaction or fails.
+    async fn drive(
+        &self,
+        mut conn: Conn,
+        mut session: ClientSession,
+        body: Option<&[u8]>,
+        host: &str,
+        route: &Route,
+    ) -> (
+        Option<Conn>,
+        ClientSession,
+        Result<Option<TransactionResult>, SessionError>,
+    ) {
+        let mut result = None;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            while let Some(action) = session.poll_action() {
+                match action {
+                    ClientAction::Send(bytes) => {
+                        if let Err(e) = conn.write_all(&bytes).await {
+                            session.connection_lost(&e.to_string());
+                        }
+                    }
+                    ClientAction::SendBody => {
+                        let data = dot_stuff(body.unwrap_or_default());
+                        if let Err(e) = conn.write_all(&data).await {
+                            session.connection_lost(&e.to_string());
+                        }
+                    }
+                    ClientAction::StartTls => {
+                        match upgrade(conn, host, &route.connector, self.timeout).await {
+                            Ok(c) => {
+                                conn = c;
+                                session.tls_established();
+                            }
+                            Err(message) => {
+                                let e = SessionError {
+                                    stage: Stage::StartTls,
+                                    reply: None,
+                                    message,
+                                };
+                                return (None, session, Err(e));
+                            }
+                        }
+                    }
+                    ClientAction::Ready => return (Some(conn), session, Ok(result)),
+                    ClientAction::Done(r) => result = Some(r),
+                    ClientAction::Failed(e) => return (None, session, Err(e)),
+                    ClientAction::Closed => return (None, session, Ok(result)),
+                }
+            }
+            match tokio::time::timeout(self.timeout, conn.read(&mut buf)).await {
+                Ok(Ok(0)) => session.connection_lost("connection closed by the server"),
+                Ok(Ok(n)) => session.receive(&buf[..n]),
+                Ok(Err(e)) => session.connection_lost(&e.to_string()),
+                Err(_) => session.connection_lost("timed out waiting for the server"),
+            }
+        }
+    }
+}
+
+/// Outcomes per recipient from a transaction result.
+fn outcomes(result: TransactionResult, mta: &str, dsn: bool) -> Vec<RemoteOutcome> {
+    result
+        .rcpts
+        .into_iter()
+        .map(|o| match o {
+            RcptOutcome::Accepted(reply) => RemoteOutcome::Delivered {
+                mta: mta.to_string(),
+                reply: reply.to_string(),
+                dsn,
+            },
+            RcptOutcome::Rejected(reply, _) => RemoteOutcome::from_reply(&reply, mta),
+        })
+        .collect()
+}
+
+/// Runs the TLS handshake as a client on a plain connection.
+async fn upgrade(
+    conn: Conn,
+    host: &str,
+    connector: &TlsConnector,
+    timeout: Duration,
+) -> Result<Conn, String> {
+    let Conn::Plain(tcp) = conn else {
+        return Err("TLS is already active".into());
+    };
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host}: not a valid TLS server name: {e}"))?;
+    match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(Conn::Tls(Box::new(TlsStream::Client(s)))),
+        Ok(Err(e)) => Err(format!("TLS handshake with {host} failed: {e}")),
+        Err(_) => Err(format!("TLS handshake with {host} timed out")),
+    }
+}
+
+/// Opportunistic TLS between mail servers (RFC 7435): encrypt, but accept any certificate,
+/// since a failed check would only make the sender fall back to plaintext.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn insecure_client_config() -> Result<Arc<TlsClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = TlsClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Certificate checking against the given CA file, or the system bundle.
+fn verifying_client_config(ca_file: Option<&Path>) -> Result<Arc<TlsClientConfig>, String> {
+    let path = ca_file.unwrap_or(Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    let mut roots = RootCertStore::empty();
+    let certs =
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = TlsClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,126 @@
+//! A real DNS server for tests: hickory-server in this process, authoritative for the root
+//! zone (so every name is answered from it, NXDOMAIN included), on a free loopback port.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::Server;
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+
+/// One resource record for the test zone.
+pub enum Rr {
+    /// MX preference and exchange ("." for a null MX).
+    Mx(u16, String),
+    /// IPv4 address.
+    A(std::net::Ipv4Addr),
+    /// IPv6 address.
+    Aaaa(std::net::Ipv6Addr),
+    /// TXT strings.
+    Txt(String),
+}
+
+pub struct TestDns {
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestDns {
+    /// Serves these records (names without the trailing dot).
+    pub fn start(records: Vec<(&str, Rr)>) -> TestDns {
+        let (udp, tcp) = bind_pair();
+        let port = udp.local_addr().unwrap().port();
+        let mut zone =
+            InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
+                Name::root(),
+                ZoneType::Primary,
+                AxfrPolicy::Deny,
+            );
+        let soa = SOA::new(
+            Name::from_ascii("ns.test.").unwrap(),
+            Name::from_ascii("hostmaster.test.").unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            5,
+        );
+        zone.upsert_mut(Record::from_rdata(Name::root(), 60, RData::SOA(soa)), 1);
+        for (name, rr) in records {
+            let owner = Name::from_utf8(format!("{name}.")).unwrap();
+            let data = match rr {
+                Rr::Mx(pref, exchange) => {
+                    let ex = if exchange == "." {
+                        Name::root()
+                    } else {
+                        Name::from_utf8(format!("{exchange}.")).unwrap()
+                    };
+                    RData::MX(MX::new(pref, ex))
+                }
+                Rr::A(ip) => RData::A(A(ip)),
+                Rr::Aaaa(ip) => RData::AAAA(AAAA(ip)),
+                Rr::Txt(t) => RData::TXT(TXT::new(vec![t])),
+            };
+            zone.upsert_mut(Record::from_rdata(owner, 5, data), 1);
+        }
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut catalog = Catalog::new();
+                catalog.upsert(LowerName::from(Name::root()), vec![Arc::new(zone)]);
+                let mut server = Server::new(catalog);
+                server.register_socket(tokio::net::UdpSocket::from_std(udp).unwrap());
+                server.register_listener(
+                    tokio::net::TcpListener::from_std(tcp).unwrap(),
+                    Duration::from_secs(5),
+                    65535,
+                );
+                let _ = stop_rx.await;
+                let _ = server.shutdown_gracefully().await;
+            });
+        });
+        TestDns {
+            port,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The `[dns]` config table pointing at this server.
+    pub fn config(&self) -> String {
+        format!("[dns]\nservers = [\"127.0.0.1:{}\"]\n", self.port)
+    }
+}
+
+impl Drop for TestDns {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP socket and a TCP listener on the same free port.
+fn bind_pair() -> (std::net::UdpSocket, std::net::TcpListener) {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            udp.set_nonblocking(true).unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            return (udp, tcp);
+        }
+    }
+    panic!("no free port for the test DNS server");
+}

@@ -1,0 +1,419 @@
+//! Outbound delivery end to end: a real DNS server (in this process), receiving peers on
+//! port 25 of their own loopback addresses (another Kurier, and aiosmtpd scripted to answer
+//! 4xx/5xx), routes to a smarthost, retries, and DSNs checked with Python's email package.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::dns::{Rr, TestDns};
+use common::*;
+use serde_json::Value;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+
+/// The scripted receiver (see tests/peers/receiver.py).
+struct Receiver {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    fn start(ip: std::net::Ipv4Addr) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("/usr/bin/python3")
+            .arg(format!("{PEERS}/receiver.py"))
+            .args([&ip.to_string(), "25"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(SocketAddr::new(IpAddr::V4(ip), 25));
+        Receiver { child, dir }
+    }
+
+    /// Waits (bounded) for `n` saved messages; returns (envelope, content) oldest first.
+    fn wait_messages(&self, n: usize) -> Vec<(Value, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let emls: Vec<PathBuf> = list(self.dir.path())
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+                .collect();
+            if emls.len() >= n {
+                return emls
+                    .iter()
+                    .map(|p| {
+                        let env: Value = serde_json::from_slice(
+                            &std::fs::read(p.with_extension("json")).unwrap(),
+                        )
+                        .unwrap();
+                        (env, std::fs::read(p).unwrap())
+                    })
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "receiver got {} message(s), expected {n}",
+                emls.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Kurier that relays for alice@localhost, resolving through `dns`.
+fn origin(dns: &TestDns, delivery: &str, more: &str) -> TestServer {
+    let tables = format!(
+        "{}\n[delivery]\nretry = [\"1s\"]\n{delivery}\n{more}",
+        dns.config()
+    );
+    let s = TestServer::start("", &tables);
+    s.add_user("alice@localhost");
+    s
+}
+
+/// Submits a message as alice over STARTTLS + AUTH with Python's smtplib; returns the
+/// recipients the server refused (JSON).
+fn submit(s: &TestServer, rcpts: &[&str], rcpt_options: &[&str], subject: &str) -> Value {
+    let script = r#"
+import json, smtplib, ssl, sys
+port, rcpts, ropts, subject = int(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+body = ("From: alice@localhost\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s@test>\r\n\r\nHello from the tests.\r\n"
+        % (", ".join(rcpts), subject, subject.replace(" ", "-"))).encode()
+with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+    c.starttls(context=ctx)
+    c.login("alice@localhost", "correct horse battery")
+    refused = c.sendmail("alice@localhost", rcpts, body, rcpt_options=ropts)
+print(json.dumps({k: [v[0], v[1].decode()] for k, v in refused.items()}))
+"#;
+    let out = run_ok(Command::new("python3").args([
+        "-c",
+        script,
+        &s.submission.to_string(),
+        &serde_json::to_string(rcpts).unwrap(),
+        &serde_json::to_string(rcpt_options).unwrap(),
+        subject,
+    ]));
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// Parses a DSN with Python's email package (tests/peers/dsn_summary.py).
+fn dsn_summary(file: &[u8]) -> Value {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), file).unwrap();
+    let out = run_ok(
+        Command::new("python3")
+            .arg(format!("{PEERS}/dsn_summary.py"))
+            .arg(f.path()),
+    );
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// DSNs in alice's mailbox (messages from the mail system), waiting for `n`.
+fn wait_dsns(s: &TestServer, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dsns: Vec<Value> = list(&s.maildir("localhost", "alice").join("new"))
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .filter(|m| String::from_utf8_lossy(m).contains("From: Mail Delivery System"))
+            .map(|m| dsn_summary(&m))
+            .collect();
+        if dsns.len() >= n {
+            assert_eq!(dsns.len(), n, "more DSNs than expected: {dsns:#?}");
+            return dsns;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} DSN(s), expected {n}\n{}",
+            dsns.len(),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_queue_empty(s: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.queued().is_empty() {
+        assert!(Instant::now() < deadline, "queue not empty:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn second_mx_is_used_when_the_first_refuses_and_kurier_peer_receives_over_tls() {
+    let (ip1, ip2) = (next_loopback(), next_loopback());
+    let dns = TestDns::start(vec![
+        ("failover.test", Rr::Mx(20, "mx2.failover.test".into())),
+        ("failover.test", Rr::Mx(10, "mx1.failover.test".into())),
+        ("mx1.failover.test", Rr::A(ip1)),
+        ("mx2.failover.test", Rr::A(ip2)),
+    ]);
+    let peer = TestServer::start_at(
+        IpAddr::V4(ip2),
+        25,
+        "hostname = \"mx2.failover.test\"\ndomains = [\"failover.test\"]",
+        "",
+    );
+    peer.add_user("bob@failover.test");
+    let s = origin(&dns, "", "");
+    let refused = submit(&s, &["bob@failover.test"], &[], "failover");
+    assert_eq!(refused, serde_json::json!({}));
+    let mail = peer.wait_for_mail("failover.test", "bob", 1);
+    let text = String::from_utf8_lossy(&mail[0]);
+    assert!(
+        text.contains("by mx2.failover.test (Kurier) with ESMTPS"),
+        "{text}"
+    );
+    assert!(
+        text.contains("by mx.kurier.test (Kurier) with ESMTPSA"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: failover"));
+    wait_queue_empty(&s);
+    let log = s.log();
+    assert!(
+        log.contains(&format!("mx1.failover.test [{ip1}]")),
+        "first MX not tried first:\n{log}"
+    );
+}
+
+#[test]
+fn mixed_results_retry_then_success_and_a_bounce_for_the_permanent_failure() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("mixed.test", Rr::Mx(10, "mx.mixed.test".into())),
+        ("mx.mixed.test", Rr::A(ip)),
+    ]);
+    let rx = Receiver::start(ip);
+    let s = origin(&dns, "", "");
+    submit(
+        &s,
+        &["ok@mixed.test", "perm@mixed.test", "flaky@mixed.test"],
+        &[],
+        "mixed results",
+    );
+    // First attempt: ok accepted (flaky 451, perm 550); the retry a second later: flaky.
+    let got = rx.wait_messages(2);
+    assert_eq!(got[0].0["rcpt_tos"], serde_json::json!(["ok@mixed.test"]));
+    assert_eq!(
+        got[1].0["rcpt_tos"],
+        serde_json::json!(["flaky@mixed.test"])
+    );
+    assert_eq!(got[0].0["mail_from"], "alice@localhost");
+    let dsn = &wait_dsns(&s, 1)[0];
+    assert_eq!(dsn["content_type"], "multipart/report");
+    assert_eq!(dsn["report_type"], "delivery-status");
+    assert_eq!(
+        dsn["parts"],
+        serde_json::json!(["text/plain", "message/delivery-status", "message/rfc822"])
+    );
+    assert_eq!(dsn["return_path"], "<>");
+    assert_eq!(dsn["to"], "<alice@localhost>");
+    assert_eq!(dsn["auto_submitted"], "auto-replied");
+    assert_eq!(dsn["per_message"]["Reporting-MTA"], "dns; mx.kurier.test");
+    assert!(
+        dsn["per_message"]["Arrival-Date"]
+            .as_str()
+            .unwrap()
+            .ends_with("+0000")
+    );
+    let r = &dsn["recipients"];
+    assert_eq!(r.as_array().unwrap().len(), 1, "{dsn:#}");
+    assert_eq!(r[0]["Final-Recipient"], "rfc822; perm@mixed.test");
+    assert_eq!(r[0]["Action"], "failed");
+    assert_eq!(r[0]["Status"], "5.1.1");
+    assert_eq!(r[0]["Remote-MTA"], "dns; mx.mixed.test");
+    assert_eq!(
+        r[0]["Diagnostic-Code"],
+        "smtp; 550 5.1.1 <perm@mixed.test>: no such user here (scripted)"
+    );
+    assert!(r[0]["Last-Attempt-Date"].is_string());
+    assert_eq!(dsn["original"]["subject"], "mixed results");
+    wait_queue_empty(&s);
+}
+
+#[test]
+fn null_mx_and_missing_domains_bounce_without_connecting() {
+    let dns = TestDns::start(vec![("nullmx.test", Rr::Mx(0, ".".into()))]);
+    let s = origin(&dns, "", "");
+    submit(
+        &s,
+        &["a@nullmx.test", "b@nowhere.test"],
+        &["ORCPT=rfc822;B@nowhere.test"],
+        "unroutable",
+    );
+    let dsn = &wait_dsns(&s, 1)[0];
+    let r = dsn["recipients"].as_array().unwrap();
+    assert_eq!(r.len(), 2, "{dsn:#}");
+    assert_eq!(r[0]["Final-Recipient"], "rfc822; a@nullmx.test");
+    assert_eq!(r[0]["Status"], "5.1.10");
+    assert!(
+        r[0]["Diagnostic-Code"]
+            .as_str()
+            .unwrap()
+            .contains("null MX")
+    );
+    assert!(r[0].get("Remote-MTA").is_none());
+    assert_eq!(r[1]["Final-Recipient"], "rfc822; b@nowhere.test");
+    assert_eq!(r[1]["Original-Recipient"], "rfc822; B@nowhere.test");
+    assert_eq!(r[1]["Status"], "5.1.2");
+    wait_queue_empty(&s);
+}
+
+#[test]
+fn delay_warning_then_expiry_bounce() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("slow.test", Rr::Mx(10, "mx.slow.test".into())),
+        ("mx.slow.test", Rr::A(ip)),
+    ]);
+    let _rx = Receiver::start(ip);
+    let s = origin(&dns, "delay_warning = \"2s\"\nmax_lifetime = \"5s\"", "");
+    submit(&s, &["temp@slow.test"], &[], "never arrives");
+    let first = &wait_dsns(&s, 1)[0];
+    assert_eq!(first["subject"], "Delayed Mail (still being retried)");
+    let r = &first["recipients"][0];
+    assert_eq!(r["Action"], "delayed");
+    assert_eq!(r["Status"], "4.3.0");
+    assert!(r["Will-Retry-Until"].is_string());
+    assert!(
+        r["Diagnostic-Code"]
+            .as_str()
+            .unwrap()
+            .starts_with("smtp; 451 4.3.0")
+    );
+    assert!(
+        first["parts"][2] == "text/rfc822-headers",
+        "delay reports carry headers only: {first:#}"
+    );
+    let dsns = wait_dsns(&s, 2);
+    let last = dsns
+        .iter()
+        .find(|d| d["recipients"][0]["Action"] == "failed")
+        .unwrap();
+    assert!(
+        last["recipients"][0]["Diagnostic-Code"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{last:#}"
+    );
+    assert_eq!(last["recipients"][0]["Status"], "4.3.0");
+    wait_queue_empty(&s);
+}
+
+#[test]
+fn notify_success_relayed_and_delivered_notify_never_silences_failure() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("relay.test", Rr::Mx(10, "mx.relay.test".into())),
+        ("mx.relay.test", Rr::A(ip)),
+    ]);
+    let rx = Receiver::start(ip);
+    let s = origin(&dns, "", "");
+    // Per-recipient NOTIFY via the rcpt options of the whole transaction: smtplib applies
+    // the same options to every recipient, so send two messages.
+    submit(
+        &s,
+        &["ok@relay.test", "alice@localhost"],
+        &["NOTIFY=SUCCESS"],
+        "success please",
+    );
+    submit(
+        &s,
+        &["perm@relay.test"],
+        &["NOTIFY=NEVER"],
+        "silent failure",
+    );
+    rx.wait_messages(1);
+    let dsn = &wait_dsns(&s, 1)[0];
+    assert_eq!(dsn["subject"], "Successful Mail Delivery Report");
+    let mut actions: Vec<(String, String)> = dsn["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["Final-Recipient"].as_str().unwrap().to_string(),
+                r["Action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    actions.sort();
+    assert_eq!(
+        actions,
+        vec![
+            (
+                "rfc822; alice@localhost".to_string(),
+                "delivered".to_string()
+            ),
+            ("rfc822; ok@relay.test".to_string(), "relayed".to_string()),
+        ]
+    );
+    wait_queue_empty(&s);
+    std::thread::sleep(Duration::from_millis(500));
+    wait_dsns(&s, 1);
+}
+
+#[test]
+fn smarthost_with_implicit_tls_and_auth() {
+    let peer = TestServer::start(
+        "hostname = \"smarthost.test\"\ndomains = [\"final.test\"]",
+        "",
+    );
+    peer.add_user("relay@final.test");
+    peer.add_user("bob@final.test");
+    let dns = TestDns::start(vec![]);
+    let route = format!(
+        "[[routes]]\ndomains = [\"*\"]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nusername = \"relay@final.test\"\npassword = \"{PASSWORD}\"\n",
+        peer.submissions
+    );
+    let s = origin(&dns, "", &route);
+    submit(&s, &["bob@final.test"], &[], "via smarthost");
+    let mail = peer.wait_for_mail("final.test", "bob", 1);
+    let text = String::from_utf8_lossy(&mail[0]);
+    assert!(
+        text.contains("by smarthost.test (Kurier) with ESMTPSA"),
+        "{text}"
+    );
+    wait_queue_empty(&s);
+    assert!(peer.log().contains("auth=relay@final.test"));
+}
+
+#[test]
+fn kill_9_during_a_delivery_attempt_loses_nothing() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("crash.test", Rr::Mx(10, "mx.crash.test".into())),
+        ("mx.crash.test", Rr::A(ip)),
+    ]);
+    let rx = Receiver::start(ip);
+    let mut s = origin(&dns, "", "");
+    submit(&s, &["slow@crash.test"], &[], "survives a crash");
+    // The receiver holds its final reply for 3 s: kill the sender in the middle.
+    std::thread::sleep(Duration::from_millis(1500));
+    s.kill9();
+    assert_eq!(s.queued().len(), 1, "the message must still be queued");
+    s.spawn();
+    wait_queue_empty(&s);
+    let got = rx.wait_messages(1);
+    assert!(
+        !got.is_empty() && got.len() <= 2,
+        "delivered at least once (a duplicate is allowed)"
+    );
+    assert!(String::from_utf8_lossy(&got[0].1).contains("Subject: survives a crash"));
+}
