@@ -62,6 +62,9 @@ impl fmt::Display for QueueId {
     }
 }
 
+/// Attempts remembered per recipient.
+pub const MAX_HISTORY: usize = 20;
+
 /// RFC 3461 §4.1 NOTIFY flags, kept for the DSN generator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NotifyFlags {
@@ -139,6 +142,9 @@ pub struct RecipientState {
     /// A DSN about this recipient's final state was sent (or was not wanted).
     #[serde(default)]
     pub notified: bool,
+    /// The most recent attempts, oldest first: "date: outcome" (for `kurier queue show`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
 }
 
 impl RecipientState {
@@ -156,12 +162,21 @@ impl RecipientState {
             last_status: None,
             last_mta: None,
             notified: false,
+            history: Vec::new(),
         }
     }
 
     /// True while delivery is still to be done.
     pub fn is_pending(&self) -> bool {
         matches!(self.status, RecipientStatus::Pending)
+    }
+
+    /// Records an attempt, keeping the last [`MAX_HISTORY`] entries.
+    pub fn record_attempt(&mut self, entry: String) {
+        if self.history.len() >= MAX_HISTORY {
+            self.history.remove(0);
+        }
+        self.history.push(entry);
     }
 }
 

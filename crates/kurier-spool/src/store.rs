@@ -84,6 +84,12 @@ impl Spool {
         Ok((spool, recovery))
     }
 
+    /// Uses an existing spool without recovery, for readers such as `kurier queue list`
+    /// while a server runs (recovery would delete the server's files in progress).
+    pub fn attach(root: impl Into<PathBuf>) -> Spool {
+        Spool { root: root.into() }
+    }
+
     /// The spool's root directory.
     pub fn root(&self) -> &Path {
         &self.root

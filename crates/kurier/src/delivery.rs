@@ -334,6 +334,11 @@ impl Engine {
                     }
                     match error {
                         None => {
+                            r.record_attempt(format!(
+                                "{}: delivered to {}",
+                                rfc2822(now),
+                                paths.join(" ")
+                            ));
                             r.status = RecipientStatus::Delivered {
                                 at: now,
                                 detail: paths.join(" "),
@@ -343,6 +348,10 @@ impl Engine {
                         Some(e) => {
                             r.next_attempt = next_attempt(now, r.attempts, schedule);
                             tracing::warn!(queue_id = %id, rcpt = %r.address, error = %e, attempts = r.attempts, "local delivery deferred");
+                            r.record_attempt(format!(
+                                "{}: local delivery failed: {e}",
+                                rfc2822(now)
+                            ));
                             r.last_error = Some(format!("x-kurier; local delivery failed: {e}"));
                             r.last_status = Some("4.3.0".into());
                         }
@@ -417,6 +426,7 @@ impl Engine {
             for (&i, outcome) in indexes.iter().zip(results) {
                 let r = &mut env.recipients[i];
                 r.attempts += 1;
+                r.record_attempt(format!("{}: {}", rfc2822(done), describe(&outcome)));
                 match outcome {
                     RemoteOutcome::Delivered { mta, reply, dsn } => {
                         tracing::info!(queue_id = %env.id, rcpt = %r.address, mta = %mta, reply = %reply, "delivered");
@@ -653,6 +663,163 @@ impl Engine {
             }
             Err(e) => {
                 tracing::error!(queue_id = %env.id, error = %e, "cannot queue the delivery status notification")
+            }
+        }
+    }
+}
+
+/// One line for the attempt history.
+fn describe(outcome: &RemoteOutcome) -> String {
+    match outcome {
+        RemoteOutcome::Delivered { mta, reply, .. } => format!("delivered to {mta}: {reply}"),
+        RemoteOutcome::Failed {
+            permanent,
+            diagnostic,
+            mta,
+            ..
+        } => format!(
+            "{} {}{}",
+            if *permanent { "failed" } else { "deferred" },
+            mta.as_ref()
+                .map(|m| format!("by {m}: "))
+                .unwrap_or_default(),
+            diagnostic.1
+        ),
+    }
+}
+
+/// Queue commands carried out by the running server (`kurier queue …`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "command", content = "id", rename_all = "lowercase")]
+pub enum QueueCommand {
+    /// Retry now: one message, or all with `None`.
+    Flush(Option<QueueId>),
+    /// Keep a message from being delivered.
+    Hold(QueueId),
+    /// Undo hold and retry now.
+    Release(QueueId),
+    /// Remove a message without notice.
+    Delete(QueueId),
+    /// Give up on the pending recipients and tell the sender (DSN).
+    Bounce(QueueId),
+}
+
+impl Engine {
+    /// Runs a queue command under the message's lock, so it never races a delivery.
+    pub async fn command(self: &Arc<Self>, cmd: QueueCommand) -> Result<String, String> {
+        match cmd {
+            QueueCommand::Flush(None) => {
+                let e = self.clone();
+                let ids = tokio::task::spawn_blocking(move || e.spool.ids())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ids = ids.map_err(|e| e.to_string())?;
+                let mut n = 0;
+                for id in ids {
+                    if self
+                        .change(&id, QueueCommand::Flush(Some(id.clone())))
+                        .await
+                        .is_ok()
+                    {
+                        n += 1;
+                    }
+                }
+                Ok(format!(
+                    "{n} message(s) scheduled for immediate delivery{}",
+                    self.disabled_note()
+                ))
+            }
+            QueueCommand::Flush(Some(ref id))
+            | QueueCommand::Hold(ref id)
+            | QueueCommand::Release(ref id)
+            | QueueCommand::Delete(ref id)
+            | QueueCommand::Bounce(ref id) => {
+                let id = id.clone();
+                self.change(&id, cmd).await
+            }
+        }
+    }
+
+    fn disabled_note(&self) -> &'static str {
+        if self.enabled {
+            ""
+        } else {
+            " (but delivery is disabled in the config)"
+        }
+    }
+
+    async fn change(self: &Arc<Self>, id: &QueueId, cmd: QueueCommand) -> Result<String, String> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let engine = self.clone();
+        let id2 = id.clone();
+        let result = tokio::task::spawn_blocking(move || engine.change_locked(&id2, &cmd))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Ok((_, true)) = &result {
+            self.schedule(id.clone(), unix_now());
+        }
+        result.map(|(m, _)| m)
+    }
+
+    /// Applies a command; returns the message and whether to deliver now (blocking I/O).
+    fn change_locked(&self, id: &QueueId, cmd: &QueueCommand) -> Result<(String, bool), String> {
+        let not_found = |e: SpoolError| match e {
+            SpoolError::NotFound(_) => format!("no queued message {id}"),
+            e => e.to_string(),
+        };
+        match cmd {
+            QueueCommand::Delete(_) => {
+                self.spool.remove(id).map_err(not_found)?;
+                tracing::info!(queue_id = %id, "deleted by the administrator");
+                Ok((format!("{id} deleted"), false))
+            }
+            QueueCommand::Bounce(_) => {
+                let (mut env, body) = self.spool.load(id).map_err(not_found)?;
+                let now = unix_now();
+                for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
+                    r.record_attempt(format!(
+                        "{}: returned to sender by the administrator",
+                        rfc2822(now)
+                    ));
+                    r.status = failed(
+                        now,
+                        "5.0.0",
+                        "x-kurier; returned to sender by the administrator".into(),
+                        None,
+                    );
+                }
+                tracing::info!(queue_id = %id, "bounced by the administrator");
+                self.finish(env, &body);
+                Ok((format!("{id} returned to sender"), false))
+            }
+            QueueCommand::Flush(_) | QueueCommand::Hold(_) | QueueCommand::Release(_) => {
+                let mut env = self.spool.envelope(id).map_err(not_found)?;
+                let (message, deliver) = match cmd {
+                    QueueCommand::Hold(_) => {
+                        env.hold = true;
+                        (format!("{id} held"), false)
+                    }
+                    QueueCommand::Release(_) => {
+                        env.hold = false;
+                        (format!("{id} released{}", self.disabled_note()), true)
+                    }
+                    _ if env.hold => return Err(format!("{id} is on hold (release it first)")),
+                    _ => (
+                        format!(
+                            "{id} scheduled for immediate delivery{}",
+                            self.disabled_note()
+                        ),
+                        true,
+                    ),
+                };
+                if deliver {
+                    for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
+                        r.next_attempt = 0;
+                    }
+                }
+                self.spool.update(&env).map_err(|e| e.to_string())?;
+                Ok((message, deliver))
             }
         }
     }

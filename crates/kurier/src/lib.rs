@@ -10,6 +10,10 @@
 //! - [`connection`]: drives one SMTP session over TCP/TLS.
 //! - [`inbound`]: relay and recipient policy; the durable commit before `250`.
 //! - [`delivery`]: local delivery workers and retries.
+//! - [`queue`]: `kurier queue` commands and the control socket.
+//! - [`dns`]: MX and address lookups.
+//! - [`outbound`]: SMTP delivery to other servers (routes, MX, TLS, connection reuse).
+//! - [`dsn`]: delivery status notifications (RFC 3464).
 //! - [`maildir`]: Maildir writing with fsync.
 //! - [`stream`]: a connection in plaintext or TLS.
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
@@ -27,6 +31,7 @@ pub mod inbound;
 pub mod maildir;
 pub mod outbound;
 pub mod privilege;
+pub mod queue;
 pub mod server;
 pub mod stream;
 pub mod tls;

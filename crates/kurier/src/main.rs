@@ -34,6 +34,48 @@ enum Command {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Inspect and manage the mail queue (works while the server runs).
+    #[command(subcommand)]
+    Queue(QueueCmd),
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// List queued messages with their recipients' state.
+    List,
+    /// Show one message: envelope, recipients, every recorded attempt.
+    Show {
+        /// The queue id.
+        id: String,
+    },
+    /// Retry now (one message, or all with --all).
+    Flush {
+        /// The queue id.
+        id: Option<String>,
+        /// Retry every queued message.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Keep a message from being delivered until released.
+    Hold {
+        /// The queue id.
+        id: String,
+    },
+    /// Release a held message and retry it now.
+    Release {
+        /// The queue id.
+        id: String,
+    },
+    /// Remove a message without notifying anyone.
+    Delete {
+        /// The queue id.
+        id: String,
+    },
+    /// Give up on a message's pending recipients and send the sender a DSN.
+    Bounce {
+        /// The queue id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +175,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Queue(cmd) => {
+            let (_, data_dir) = load_config(&cli)?;
+            queue(cmd, &data_dir)
+        }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());
             Ok(())
@@ -181,6 +227,32 @@ fn user(cmd: &UserCommand, config: &Config, data_dir: &Path) -> anyhow::Result<(
             println!("{}", directory::hash_password(&password)?);
         }
     }
+    Ok(())
+}
+
+fn queue(cmd: &QueueCmd, data_dir: &Path) -> anyhow::Result<()> {
+    use kurier::delivery::QueueCommand as Q;
+    use kurier::queue::{self, parse_id};
+    let out = match cmd {
+        QueueCmd::List => queue::list(data_dir)?,
+        QueueCmd::Show { id } => queue::show(data_dir, &parse_id(id)?)?,
+        QueueCmd::Flush { id: Some(id), .. } => {
+            queue::run(data_dir, Q::Flush(Some(parse_id(id)?)))?
+        }
+        QueueCmd::Flush {
+            id: None,
+            all: true,
+        } => queue::run(data_dir, Q::Flush(None))?,
+        QueueCmd::Flush {
+            id: None,
+            all: false,
+        } => bail!("name a queue id, or use --all"),
+        QueueCmd::Hold { id } => queue::run(data_dir, Q::Hold(parse_id(id)?))?,
+        QueueCmd::Release { id } => queue::run(data_dir, Q::Release(parse_id(id)?))?,
+        QueueCmd::Delete { id } => queue::run(data_dir, Q::Delete(parse_id(id)?))?,
+        QueueCmd::Bounce { id } => queue::run(data_dir, Q::Bounce(parse_id(id)?))?,
+    };
+    println!("{}", out.trim_end());
     Ok(())
 }
 

@@ -217,6 +217,15 @@ pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
         stop.clone(),
         &workers,
     );
+    let control = crate::queue::bind(&data_dir).map_err(|source| StartError::DataDir {
+        path: crate::queue::socket_path(&data_dir),
+        source,
+    })?;
+    workers.spawn(crate::queue::serve(
+        control,
+        delivery.engine().clone(),
+        stop.clone(),
+    ));
     let ctx = Arc::new(Context {
         config: config.clone(),
         directory,
@@ -258,6 +267,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
         let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), workers.wait()).await;
+    let _ = std::fs::remove_file(crate::queue::socket_path(&data_dir));
     tracing::info!("stopped");
     drop(lock);
     Ok(())

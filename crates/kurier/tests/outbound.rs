@@ -417,3 +417,118 @@ fn kill_9_during_a_delivery_attempt_loses_nothing() {
     );
     assert!(String::from_utf8_lossy(&got[0].1).contains("Subject: survives a crash"));
 }
+
+fn cli_ok(s: &TestServer, args: &[&str]) -> String {
+    let out = s.cli(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kurier {args:?} failed: {text}");
+    text
+}
+
+fn cli_err(s: &TestServer, args: &[&str]) -> String {
+    let out = s.cli(args);
+    assert!(!out.status.success(), "kurier {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn first_queue_id(list: &str) -> String {
+    list.lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn queue_commands_on_a_live_server_and_offline() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("q.test", Rr::Mx(10, "mx.q.test".into())),
+        ("mx.q.test", Rr::A(ip)),
+    ]);
+    let _rx = Receiver::start(ip);
+    let tables = format!("{}\n[delivery]\nretry = [\"1h\"]\n", dns.config());
+    let mut s = TestServer::start("", &tables);
+    s.add_user("alice@localhost");
+    submit(&s, &["temp@q.test"], &[], "queued");
+    // Wait for the first (failed) attempt to be recorded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let l = cli_ok(&s, &["queue", "list"]);
+        if l.contains("1 attempt(s)") {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no attempt recorded: {l}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        list.contains("alice@localhost")
+            && list.contains("temp@q.test  pending, 1 attempt(s), next attempt in"),
+        "{list}"
+    );
+    assert!(list.contains("last error: smtp; 451 4.3.0"), "{list}");
+    assert!(list.ends_with("1 message(s) in the queue\n"), "{list}");
+    let id = first_queue_id(&list);
+    let show = cli_ok(&s, &["queue", "show", &id]);
+    assert!(
+        show.contains(&format!("Queue id:    {id}"))
+            && show.contains("authenticated as alice@localhost"),
+        "{show}"
+    );
+    assert!(
+        show.contains("attempt: ") && show.contains("deferred by mx.q.test ["),
+        "{show}"
+    );
+    assert!(cli_ok(&s, &["queue", "hold", &id]).contains("held"));
+    assert!(cli_ok(&s, &["queue", "list"]).contains("[held]"));
+    assert!(cli_err(&s, &["queue", "flush", &id]).contains("is on hold"));
+    assert!(cli_ok(&s, &["queue", "release", &id]).contains("released"));
+    // Released means retried now: a second attempt is recorded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cli_ok(&s, &["queue", "list"]).contains("2 attempt(s)") {
+        assert!(Instant::now() < deadline, "release did not retry");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cli_ok(&s, &["queue", "flush", "--all"]).contains("1 message(s) scheduled"));
+    assert!(cli_ok(&s, &["queue", "bounce", &id]).contains("returned to sender"));
+    let dsn = &wait_dsns(&s, 1)[0];
+    assert_eq!(dsn["recipients"][0]["Status"], "5.0.0");
+    assert!(
+        dsn["recipients"][0]["Diagnostic-Code"]
+            .as_str()
+            .unwrap()
+            .contains("returned to sender by the administrator")
+    );
+    wait_queue_empty(&s);
+    // Errors are clear.
+    assert!(
+        cli_err(&s, &["queue", "show", "0123456789abcdef01234"])
+            .contains("no queued message 0123456789abcdef01234")
+    );
+    assert!(cli_err(&s, &["queue", "delete", "nope"]).contains("\"nope\" is not a queue id"));
+    // Delete, online.
+    submit(&s, &["temp@q.test"], &[], "to delete");
+    let id = first_queue_id(&cli_ok(&s, &["queue", "list"]));
+    assert!(cli_ok(&s, &["queue", "delete", &id]).contains("deleted"));
+    assert!(cli_ok(&s, &["queue", "list"]).contains("0 message(s) in the queue"));
+    // Offline: hold works on the spool; flush needs the server.
+    submit(&s, &["temp@q.test"], &[], "offline");
+    let id = first_queue_id(&cli_ok(&s, &["queue", "list"]));
+    assert_eq!(s.terminate().code(), Some(0));
+    assert!(cli_ok(&s, &["queue", "hold", &id]).contains("held (the server is not running"));
+    assert!(cli_err(&s, &["queue", "flush", "--all"]).contains("the server is not running"));
+    s.spawn();
+    std::thread::sleep(Duration::from_millis(500));
+    let show = cli_ok(&s, &["queue", "show", &id]);
+    assert!(show.contains("Flags:       held"), "{show}");
+}
