@@ -658,10 +658,12 @@ mod tests {
                 "README does not document `{key}`"
             );
         }
-        for field in ["address", "role"] {
+        for field in [
+            "address", "role", "domains", "host", "port", "tls", "ca_file", "username", "password",
+        ] {
             assert!(
                 readme.contains(&format!("`{field}`")),
-                "README does not document listeners.{field}"
+                "README does not document the listener or route field {field}"
             );
         }
     }

@@ -236,7 +236,8 @@ fn authenticated_users_may_relay() {
         "alice@localhost",
     ]));
     assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
-    // No outbound engine yet: the message stays queued, durable, with the remote recipient.
+    // The remote recipient is queued for outbound delivery; with no reachable DNS here it
+    // stays queued (a temporary failure), and no bounce is sent.
     let q = s.queued();
     assert_eq!(q.len(), 1);
     let content = std::fs::read_to_string(&q[0]).unwrap();
@@ -244,6 +245,21 @@ fn authenticated_users_may_relay() {
         content.contains("\"address\":\"bob@elsewhere.test\",\"local\":false"),
         "{content}"
     );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = s.cli(&["queue", "list"]);
+        let list = String::from_utf8_lossy(&out.stdout).to_string();
+        if list.contains("1 attempt(s)") {
+            assert!(
+                list.contains("DNS lookup for elsewhere.test failed temporarily"),
+                "{list}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no attempt: {list}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(s.queued().len(), 1, "no bounce for a temporary failure");
 }
 
 #[test]

@@ -95,11 +95,19 @@ impl TestServer {
         if !self.top.contains("domains =") {
             defaults.push_str("domains = [\"localhost\", \"kurier.test\"]\n");
         }
+        // Tests never reach the machine's resolver (or any non-loopback address): without a
+        // test DNS server, lookups go to a loopback port where nothing answers (temporary
+        // failure, mail stays queued).
+        let dns = if self.tables.contains("[dns]") {
+            ""
+        } else {
+            "[dns]\nservers = [\"127.0.0.1:9\"]\n"
+        };
         let text = format!(
             "{defaults}{top}\n\
              [[listeners]]\naddress = \"{}:{}\"\nrole = \"smtp\"\n\
              [[listeners]]\naddress = \"127.0.0.1:{}\"\nrole = \"submission\"\n\
-             [[listeners]]\naddress = \"127.0.0.1:{}\"\nrole = \"submissions\"\n{tables}\n",
+             [[listeners]]\naddress = \"127.0.0.1:{}\"\nrole = \"submissions\"\n{dns}{tables}\n",
             self.smtp_ip,
             self.smtp,
             self.submission,
