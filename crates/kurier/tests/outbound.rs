@@ -532,3 +532,92 @@ fn queue_commands_on_a_live_server_and_offline() {
     let show = cli_ok(&s, &["queue", "show", &id]);
     assert!(show.contains("Flags:       held"), "{show}");
 }
+
+#[test]
+fn tls_required_and_verify_policies() {
+    // A peer Kurier with its own certificate for peer.verify.test, and aiosmtpd without TLS.
+    let peer = TestServer::start(
+        "hostname = \"peer.verify.test\"\ndomains = [\"verify.test\"]",
+        "",
+    );
+    peer.add_user("bob@verify.test");
+    let ip = next_loopback();
+    let _rx = Receiver::start(ip);
+    let dns = TestDns::start(vec![
+        ("peer.verify.test", Rr::A(std::net::Ipv4Addr::LOCALHOST)),
+        ("plain.test", Rr::Mx(10, "mx.plain.test".into())),
+        ("mx.plain.test", Rr::A(ip)),
+    ]);
+    let good_ca = peer.data_dir().join("tls/cert.pem");
+    let other = TestServer::start("hostname = \"someone.else.test\"", "");
+    let wrong_ca = other.data_dir().join("tls/cert.pem");
+    let routes = format!(
+        "[[routes]]\ndomains = [\"verify.test\"]\nhost = \"peer.verify.test\"\nport = {port}\ntls = \"verify\"\nca_file = {good_ca:?}\n\
+         [[routes]]\ndomains = [\"wrongca.test\"]\nhost = \"peer.verify.test\"\nport = {port}\ntls = \"verify\"\nca_file = {wrong_ca:?}\n\
+         [[routes]]\ndomains = [\"plain.test\"]\ntls = \"required\"\n",
+        port = peer.smtp
+    );
+    let s = origin(&dns, "", &routes);
+    submit(
+        &s,
+        &["bob@verify.test", "x@wrongca.test", "ok@plain.test"],
+        &[],
+        "tls policies",
+    );
+    // Verified TLS to the peer: delivered.
+    let mail = peer.wait_for_mail("verify.test", "bob", 1);
+    assert!(String::from_utf8_lossy(&mail[0]).contains("with ESMTPS"));
+    // Wrong CA and no STARTTLS: deferred, never sent in the clear.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let l = cli_ok(&s, &["queue", "list"]);
+        if l.matches("1 attempt(s)").count() == 2 {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "{l}\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        list.contains("x@wrongca.test  pending")
+            && list.contains("TLS handshake with peer.verify.test failed"),
+        "{list}"
+    );
+    assert!(
+        list.contains("ok@plain.test  pending")
+            && list.contains("does not offer STARTTLS and TLS is required"),
+        "{list}"
+    );
+}
+
+#[test]
+fn a_failed_bounce_is_never_bounced() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("loop.test", Rr::Mx(10, "mx.loop.test".into())),
+        ("mx.loop.test", Rr::A(ip)),
+    ]);
+    let rx = Receiver::start(ip);
+    let s = origin(&dns, "", "");
+    // The sender is a remote address that refuses mail: its bounce fails too.
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as c:
+    c.starttls(context=ctx); c.login("alice@localhost", "correct horse battery")
+    c.sendmail("perm-sender@loop.test", ["perm-rcpt@loop.test"], b"Subject: loop\r\n\r\nx\r\n")
+"#;
+    run_ok(Command::new("python3").args(["-c", script, &s.submission.to_string()]));
+    wait_queue_empty(&s);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(s.queued().is_empty());
+    assert!(
+        s.log()
+            .contains("not reporting on a message from the null sender"),
+        "{}",
+        s.log()
+    );
+    assert!(
+        list(rx.dir.path()).is_empty(),
+        "nothing was accepted by the receiver"
+    );
+}
