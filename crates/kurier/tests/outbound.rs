@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+const POSTFIX: &str = "/usr/sbin/postfix";
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
 
 /// The scripted receiver (see tests/peers/receiver.py).
@@ -619,5 +620,142 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as c:
     assert!(
         list(rx.dir.path()).is_empty(),
         "nothing was accepted by the receiver"
+    );
+}
+
+/// A private Postfix instance from Debian's package (its own config, queue and Maildir base),
+/// receiving for postfix.test on `ip:25` with STARTTLS.
+struct Postfix {
+    dir: tempfile::TempDir,
+}
+
+impl Postfix {
+    fn start(ip: std::net::Ipv4Addr) -> Postfix {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Postfix's own users must be able to reach their directories.
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for sub in ["etc", "queue", "data", "mail"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let postfix_user = nix::unistd::User::from_name("postfix")
+            .unwrap()
+            .expect("postfix user");
+        nix::unistd::chown(&d.join("data"), Some(postfix_user.uid), None).unwrap();
+        nix::unistd::chown(
+            &d.join("mail"),
+            Some(nix::unistd::Uid::from_raw(65534)),
+            Some(nix::unistd::Gid::from_raw(65534)),
+        )
+        .unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["mx.postfix.test".to_string()]).unwrap();
+        std::fs::write(d.join("etc/cert.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(d.join("etc/key.pem"), cert.signing_key.serialize_pem()).unwrap();
+        let main_cf = format!(
+            "compatibility_level = 3.6\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
+             mail_owner = postfix\nsetgid_group = postdrop\nmyhostname = mx.postfix.test\nmydestination =\n\
+             inet_interfaces = loopback-only\ninet_protocols = ipv4\nmynetworks = 127.0.0.0/8\n\
+             virtual_mailbox_domains = postfix.test\nvirtual_mailbox_base = {d}/mail\n\
+             virtual_mailbox_maps = inline:{{ bob@postfix.test=bob/ }}\n\
+             virtual_uid_maps = static:65534\nvirtual_gid_maps = static:65534\n\
+             smtpd_tls_cert_file = {d}/etc/cert.pem\nsmtpd_tls_key_file = {d}/etc/key.pem\n\
+             smtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\nsmtputf8_enable = yes\n\
+             maillog_file = {d}/maillog\nmaillog_file_prefixes = {d}\nalias_maps =\nalias_database =\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("etc/main.cf"), main_cf).unwrap();
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
+        let master: String = master
+            .lines()
+            .map(|l| {
+                if l.starts_with("smtp ") && l.contains(" inet ") {
+                    format!("{ip}:25 inet n - n - - smtpd\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(d.join("etc/master.cf"), master).unwrap();
+        let p = Postfix { dir };
+        let status = Command::new(POSTFIX)
+            .arg("-c")
+            .arg(p.dir.path().join("etc"))
+            .arg("start")
+            .status()
+            .unwrap();
+        assert!(status.success(), "postfix start failed:\n{}", p.log());
+        wait_listening(SocketAddr::new(IpAddr::V4(ip), 25));
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    fn wait_mail(&self, n: usize) -> Vec<Vec<u8>> {
+        let new = self.dir.path().join("mail/bob/new");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let files = list(&new);
+            if files.len() >= n {
+                return files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postfix delivered {} message(s)\n{}",
+                files.len(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new(POSTFIX)
+            .arg("-c")
+            .arg(self.dir.path().join("etc"))
+            .arg("stop")
+            .status();
+    }
+}
+
+#[test]
+fn delivery_to_postfix_over_starttls() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("postfix.test", Rr::Mx(10, "mx.postfix.test".into())),
+        ("mx.postfix.test", Rr::A(ip)),
+    ]);
+    let postfix = Postfix::start(ip);
+    let s = origin(&dns, "", "");
+    submit(
+        &s,
+        &["bob@postfix.test"],
+        &["NOTIFY=FAILURE,DELAY"],
+        "to postfix",
+    );
+    let mail = postfix.wait_mail(1);
+    let text = String::from_utf8_lossy(&mail[0]);
+    assert!(
+        text.contains("by mx.postfix.test (Postfix) with ESMTPS"),
+        "{text}"
+    );
+    assert!(text.contains("(using TLSv1.3"), "{text}");
+    assert!(
+        text.contains("by mx.kurier.test (Kurier) with ESMTPSA"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: to postfix"));
+    wait_queue_empty(&s);
+    assert!(
+        postfix
+            .log()
+            .contains("to=<bob@postfix.test>, relay=virtual"),
+        "{}",
+        postfix.log()
     );
 }
