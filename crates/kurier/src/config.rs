@@ -179,9 +179,6 @@ pub struct DeliveryConfig {
     /// Timeout for connecting and for each reply of a remote server.
     #[serde(with = "humantime_serde")]
     pub remote_timeout: Duration,
-    /// Remote port for MX delivery. Only tests and special setups change it; routes set
-    /// their own port.
-    pub mx_port: u16,
 }
 
 /// DNS settings.
@@ -343,7 +340,6 @@ impl Default for DeliveryConfig {
             max_lifetime: Duration::from_secs(5 * 24 * 3600),
             delay_warning: Duration::from_secs(4 * 3600),
             remote_timeout: Duration::from_secs(120),
-            mx_port: 25,
         }
     }
 }
@@ -439,7 +435,6 @@ impl Config {
                 "delivery.per_destination",
                 self.delivery.per_destination as u64,
             ),
-            ("delivery.mx_port", u64::from(self.delivery.mx_port)),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0"));

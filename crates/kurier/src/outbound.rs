@@ -192,7 +192,8 @@ impl Outbound {
         routes.push(Route {
             domains: vec!["*".into()],
             host: None,
-            port: config.delivery.mx_port,
+            // RFC 5321 §4.5.4: MX delivery is on port 25; only a route changes it.
+            port: 25,
             tls: TlsMode::Opportunistic,
             connector: insecure,
             auth: None,
@@ -278,6 +279,7 @@ impl Outbound {
                 };
                 // A pooled connection first; if it went stale, a fresh one.
                 if let Some(idle) = self.take_idle(&key) {
+                    tracing::debug!(host = %mta, "reusing connection");
                     match self
                         .transact(idle.conn, idle.session, tx, body, &host, route)
                         .await

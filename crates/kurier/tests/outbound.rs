@@ -173,7 +173,17 @@ fn second_mx_is_used_when_the_first_refuses_and_kurier_peer_receives_over_tls() 
     let s = origin(&dns, "", "");
     let refused = submit(&s, &["bob@failover.test"], &[], "failover");
     assert_eq!(refused, serde_json::json!({}));
-    let mail = peer.wait_for_mail("failover.test", "bob", 1);
+    peer.wait_for_mail("failover.test", "bob", 1);
+    // A second message to the same host travels on the same connection.
+    submit(&s, &["bob@failover.test"], &[], "failover again");
+    let mail = peer.wait_for_mail("failover.test", "bob", 2);
+    assert!(
+        s.log().contains(&format!(
+            "reusing connection host=mx2.failover.test [{ip2}]"
+        )),
+        "{}",
+        s.log()
+    );
     let text = String::from_utf8_lossy(&mail[0]);
     assert!(
         text.contains("by mx2.failover.test (Kurier) with ESMTPS"),
@@ -244,6 +254,21 @@ fn mixed_results_retry_then_success_and_a_bounce_for_the_permanent_failure() {
     );
     assert!(r[0]["Last-Attempt-Date"].is_string());
     assert_eq!(dsn["original"]["subject"], "mixed results");
+    wait_queue_empty(&s);
+}
+
+#[test]
+fn domain_without_mx_is_its_own_mail_host() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![("implicit.test", Rr::A(ip))]);
+    let rx = Receiver::start(ip);
+    let s = origin(&dns, "", "");
+    submit(&s, &["someone@implicit.test"], &[], "implicit mx");
+    let got = rx.wait_messages(1);
+    assert_eq!(
+        got[0].0["rcpt_tos"],
+        serde_json::json!(["someone@implicit.test"])
+    );
     wait_queue_empty(&s);
 }
 
