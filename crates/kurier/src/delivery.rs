@@ -281,8 +281,9 @@ impl Engine {
         let _ = tokio::task::spawn_blocking(move || engine.finish(env, &body)).await;
     }
 
-    /// Local recipients into their Maildir (blocking I/O).
-    fn deliver_local(&self, env: &mut Envelope, body: &[u8], now: u64) {
+    /// Local recipients into their Maildir (blocking I/O). Also used before the 250 for
+    /// all-local messages, which then never touch the spool.
+    pub fn deliver_local(&self, env: &mut Envelope, body: &[u8], now: u64) {
         let sender = if env.sender.is_empty() {
             "<>".to_string()
         } else {

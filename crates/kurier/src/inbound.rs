@@ -137,6 +137,39 @@ pub async fn commit(
         delay_warned: false,
     };
     let body = Arc::new(body);
+    // All recipients local: deliver into their Maildirs now, fsynced, and answer 250 without
+    // writing the spool at all. Anything that needs more (a failed write, a success DSN)
+    // falls back to the spool with what was done recorded.
+    let mut envelope = envelope;
+    let direct = ctx.delivery.engine().is_enabled()
+        && envelope
+            .recipients
+            .iter()
+            .all(|r| r.local && !r.notify.is_some_and(|n| n.success));
+    if direct {
+        let (engine, mut env, bytes) = (
+            ctx.delivery.engine().clone(),
+            envelope.clone(),
+            body.clone(),
+        );
+        let now = u64::try_from(now.timestamp()).unwrap_or(0);
+        if let Ok(env) = tokio::task::spawn_blocking(move || {
+            engine.deliver_local(&mut env, &bytes, now);
+            env
+        })
+        .await
+        {
+            let all_delivered = env
+                .recipients
+                .iter()
+                .all(|r| matches!(r.status, kurier_spool::RecipientStatus::Delivered { .. }));
+            if all_delivered {
+                log_accepted(&message, &env, peer, "delivered");
+                return Ok(id.to_string());
+            }
+            envelope = env;
+        }
+    }
     let (spool, env, bytes) = (ctx.spool.clone(), envelope.clone(), body.clone());
     let written = tokio::task::spawn_blocking(move || spool.commit(&env, &bytes)).await;
     match written {
@@ -166,21 +199,27 @@ pub async fn commit(
             ));
         }
     }
+    log_accepted(&message, &envelope, peer, "queued");
+    ctx.delivery.submit(envelope, body).await;
+    Ok(id.to_string())
+}
+
+/// The one log line per accepted message.
+fn log_accepted(message: &Message, envelope: &Envelope, peer: SocketAddr, outcome: &str) {
     let rcpts: Vec<&str> = envelope
         .recipients
         .iter()
         .map(|r| r.address.as_str())
         .collect();
     tracing::info!(
-        queue_id = %id,
+        queue_id = %envelope.id,
         from = %message.from,
         rcpts = %rcpts.join(","),
         size = envelope.size,
         client = %peer.ip(),
         tls = %message.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
         auth = %message.auth_user.as_deref().unwrap_or("-"),
+        outcome,
         "message accepted"
     );
-    ctx.delivery.submit(envelope, body).await;
-    Ok(id.to_string())
 }

@@ -1,25 +1,50 @@
 //! Delivery into Maildir (the format Dovecot, Courier, mutt and others read).
 //!
-//! A message is written to `tmp/` under a unique name, fsynced, renamed into `new/`, and the
-//! `new/` directory is fsynced: only then does it count as delivered. Readers never see a
-//! partial file, and a crash loses nothing that was reported delivered. Files use Unix line
+//! A message must appear in `new/` complete or not at all. On Linux Kurier writes it as an
+//! unnamed file (`O_TMPFILE`) on the Maildir's file system, fsyncs it, and then gives it its
+//! name in `new/` with `linkat`; elsewhere (or where the file system lacks `O_TMPFILE`) it is
+//! written to `tmp/` and renamed into `new/`, the classic protocol. Either way the `new/`
+//! directory is fsynced before the message counts as delivered. Readers never see a partial
+//! file, and a crash loses nothing that was reported delivered. The unnamed-file way needs
+//! one directory operation instead of two, which is what a busy server pays for. Files use Unix line
 //! ends (LF), as Maildir readers expect; the CRLF → LF conversion is lossless because the
 //! server refuses bare CR and LF.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Maildirs known to exist, so a delivery does not re-create them every time.
+static CREATED: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
+/// Cleared once O_TMPFILE turns out to be unsupported, to stop trying it.
+static TMPFILE_WORKS: AtomicBool = AtomicBool::new(true);
 
 /// Creates `tmp/`, `new/` and `cur/` under `dir` if missing.
 pub fn create(dir: &Path) -> io::Result<()> {
+    if CREATED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(dir)
+        && dir.join("new").is_dir()
+    {
+        return Ok(());
+    }
     for sub in ["tmp", "new", "cur"] {
         fs::create_dir_all(dir.join(sub))?;
     }
+    CREATED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(dir.to_path_buf());
     Ok(())
 }
 
@@ -48,8 +73,19 @@ pub fn deliver(dir: &Path, host: &str, headers: &str, message: &[u8]) -> io::Res
     content.extend_from_slice(headers.as_bytes());
     crlf_to_lf(message, &mut content);
     let name = format!("{},S={}", unique_name(host), content.len());
-    let tmp = dir.join("tmp").join(&name);
     let new = dir.join("new").join(&name);
+    if TMPFILE_WORKS.load(Ordering::Relaxed) {
+        match write_unnamed(&dir.join("new"), &new, &content) {
+            Ok(true) => {
+                return File::open(dir.join("new"))
+                    .and_then(|d| d.sync_all())
+                    .map(|()| new);
+            }
+            Ok(false) => TMPFILE_WORKS.store(false, Ordering::Relaxed),
+            Err(e) => return Err(e),
+        }
+    }
+    let tmp = dir.join("tmp").join(&name);
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -65,6 +101,35 @@ pub fn deliver(dir: &Path, host: &str, headers: &str, message: &[u8]) -> io::Res
         let _ = fs::remove_file(&tmp);
     }
     result.map(|()| new)
+}
+
+/// Writes `content` as an unnamed file in `new_dir`, fsyncs it, and links it as `path`.
+/// Returns false when the file system does not support `O_TMPFILE`.
+fn write_unnamed(new_dir: &Path, path: &Path, content: &[u8]) -> io::Result<bool> {
+    let opened = OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(OFlag::O_TMPFILE.bits())
+        .open(new_dir);
+    let mut f = match opened {
+        Ok(f) => f,
+        // EOPNOTSUPP / EISDIR / EINVAL: no O_TMPFILE here.
+        Err(e) if matches!(e.raw_os_error(), Some(95) | Some(21) | Some(22)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    f.write_all(content)?;
+    f.sync_all()?;
+    // linkat through /proc/self/fd works without privileges (AT_EMPTY_PATH would need them).
+    let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+    nix::unistd::linkat(
+        AT_FDCWD,
+        proc_path.as_str(),
+        AT_FDCWD,
+        path,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(io::Error::from)?;
+    Ok(true)
 }
 
 fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>) {
@@ -105,6 +170,11 @@ mod tests {
         );
         assert!(md.join("cur").is_dir());
         assert_eq!(fs::read_dir(md.join("tmp")).unwrap().count(), 0);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let name = p.file_name().unwrap().to_string_lossy().to_string();
         assert!(name.ends_with(",S=42"), "{name}");
         let p2 = deliver(&md, "mx.test", "", b"x\r\n").unwrap();
