@@ -121,6 +121,9 @@ async fn run(
     let mut session = ServerSession::new(session_config(ctx, role), initial_tls);
     let mut out = Vec::with_capacity(512);
     let mut buf = vec![0u8; READ_BUFFER];
+    // RFC 5321 §4.5.3.2.7: the time for a whole command, from our last reply, not per read,
+    // so a client trickling one byte at a time (slowloris) is cut off like an idle one.
+    let mut command_deadline = tokio::time::Instant::now() + limits.command_timeout;
     loop {
         while let Some(action) = session.poll_action() {
             match action {
@@ -198,12 +201,13 @@ async fn run(
                 return "write error";
             }
             out.clear();
+            command_deadline = tokio::time::Instant::now() + limits.command_timeout;
         }
         summary.helo = session.helo().map(str::to_string);
         let timeout = if session.in_message_data() {
             limits.data_timeout
         } else {
-            limits.command_timeout
+            command_deadline.saturating_duration_since(tokio::time::Instant::now())
         };
         let idle = session.is_idle();
         tokio::select! {

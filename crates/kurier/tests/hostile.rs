@@ -1,0 +1,155 @@
+//! Hostile clients against the running server: each gets the right reply, memory stays
+//! bounded, nothing panics, and well-behaved clients are still served.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn slowloris_is_cut_by_the_command_timeout() {
+    let s = TestServer::start("", "[limits]\ncommand_timeout = \"2s\"\n");
+    let mut w = Wire::greeted(s.smtp);
+    let mut writer = w.stream.try_clone().unwrap();
+    let started = Instant::now();
+    // One byte every 300 ms, never finishing the line (bounded: 30 bytes at most).
+    let trickle = std::thread::spawn(move || {
+        for b in b"NOOP slowly slowly slowly slow".iter() {
+            if writer.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    assert_eq!(
+        w.reply(),
+        "421 4.4.2 mx.kurier.test Timeout, closing connection\r\n"
+    );
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(6), "cut after {elapsed:?}");
+    trickle.join().unwrap();
+}
+
+#[test]
+fn connection_flood_is_refused_and_others_are_still_served() {
+    let s = TestServer::start("", "[limits]\nconnections_per_ip = 5\n");
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    for _ in 0..50 {
+        let mut w = Wire::connect(s.smtp);
+        let r = w.reply();
+        if r.starts_with("421 4.7.0 Too many connections from your address") {
+            refused += 1;
+        } else {
+            assert!(r.starts_with("220 "), "{r}");
+        }
+        flood.push(w);
+    }
+    assert_eq!(refused, 45);
+    // A client from another address is served at once.
+    let script = r#"
+import socket, sys, time
+t = time.time()
+s = socket.socket(); s.settimeout(10); s.bind(("127.0.0.2", 0)); s.connect(("127.0.0.1", int(sys.argv[1])))
+assert s.recv(100).startswith(b"220 "), "not greeted"
+print("%.3f" % (time.time() - t))
+"#;
+    let out = run_ok(Command::new("python3").args(["-c", script, &s.smtp.to_string()]));
+    let secs: f64 = out.trim().parse().unwrap();
+    assert!(secs < 2.0, "a well-behaved client waited {secs} s");
+}
+
+#[test]
+fn ten_thousand_recipients_get_452_after_the_limit() {
+    let s = TestServer::default();
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    let mut batch = Vec::new();
+    for i in 0..10_000 {
+        batch.extend_from_slice(format!("RCPT TO:<postmaster+{i}@localhost>\r\n").as_bytes());
+    }
+    let mut writer = w.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&batch).unwrap());
+    let (mut ok, mut full) = (0, 0);
+    for _ in 0..10_000 {
+        let r = w.reply();
+        if r.starts_with("250 2.1.5") {
+            ok += 1;
+        } else if r == "452 4.5.3 Too many recipients\r\n" {
+            full += 1;
+        } else {
+            panic!("unexpected reply {r:?}");
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!((ok, full), (100, 9_900));
+    assert!(w.cmd("DATA").starts_with("354 "));
+    w.send(b"Subject: many\r\n\r\nx\r\n.\r\n");
+    assert!(w.reply().starts_with("250 "));
+    // 100 recipient addresses, one mailbox: one copy.
+    s.wait_for_mail("localhost", "postmaster", 1);
+}
+
+#[test]
+fn huge_message_beyond_size_is_refused_with_bounded_memory() {
+    let s = TestServer::start("", "[limits]\nmessage_size = 1048576\n");
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+    assert!(w.cmd("DATA").starts_with("354 "));
+    let before = peak_rss_kb(s.pid());
+    let line = format!("{}\r\n", "x".repeat(998));
+    let chunk = line.repeat(64);
+    let mut writer = w.stream.try_clone().unwrap();
+    // 64 MiB, 64 times the limit.
+    let sender = std::thread::spawn(move || {
+        for _ in 0..(64 * 1024 * 1024 / chunk.len()) {
+            writer.write_all(chunk.as_bytes()).unwrap();
+        }
+        writer.write_all(b".\r\n").unwrap();
+    });
+    let r = w.reply();
+    sender.join().unwrap();
+    assert_eq!(
+        r,
+        "552 5.3.4 Message size exceeds fixed maximum message size of 1048576 octets\r\n"
+    );
+    let grown = peak_rss_kb(s.pid()).saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "peak RSS grew by {grown} kB for a refused 64 MiB message"
+    );
+    assert_eq!(w.cmd("NOOP"), "250 2.0.0 Ok\r\n");
+    assert!(!s.maildir("localhost", "postmaster").join("new").exists());
+}
+
+#[test]
+fn giant_lines_nul_bytes_and_invalid_utf8() {
+    let s = TestServer::default();
+    let mut w = Wire::greeted(s.smtp);
+    let line = format!("NOOP {}\r\n", "y".repeat(100 * 1024));
+    w.send(line.as_bytes());
+    assert!(w.reply().starts_with("500 5.5.2 Line too long"));
+    assert_eq!(w.cmd("NOOP"), "250 2.0.0 Ok\r\n");
+    w.send(b"MAIL FROM:<a\0b@example.test>\r\n");
+    assert!(w.reply().starts_with("500 5.5.2 Command contains NUL"));
+    w.send(b"MAIL FROM:<\xff\xfe@example.test>\r\n");
+    assert!(w.reply().starts_with("500 5.5.2 "));
+    w.send(b"\0\0\0\r\n");
+    assert!(w.reply().starts_with("500 5.5.2 "));
+    assert_eq!(w.cmd("NOOP"), "250 2.0.0 Ok\r\n");
+    assert!(!s.log().contains("panicked"));
+}
