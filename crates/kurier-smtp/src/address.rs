@@ -332,7 +332,9 @@ fn parse_local_part(s: &str) -> Result<(String, &str), AddressError> {
         }
         Err(AddressError::BadLocalPart)
     } else {
-        let end = s.rfind('@').ok_or(AddressError::MissingDomain)?;
+        // A dot-string cannot contain '@', so the first one ends it (an address literal
+        // after it may contain '@', RFC 5321 dcontent).
+        let end = s.find('@').ok_or(AddressError::MissingDomain)?;
         let local = &s[..end];
         if local.len() > MAX_LOCAL_PART {
             return Err(AddressError::TooLong);
@@ -398,6 +400,14 @@ mod tests {
         );
         assert!(Mailbox::parse("a@[300.1.1.1]").is_err());
         assert!(Mailbox::parse("a@[IPv6:zz]").is_err());
+    }
+
+    #[test]
+    fn general_address_literal_with_at_sign_round_trips() {
+        // Found by fuzzing.
+        let m = mb("\"moe\"@[IPv:@2]");
+        assert_eq!(m.domain().as_str(), "[IPv:@2]");
+        assert_eq!(Mailbox::parse(&m.to_string()), Ok(m));
     }
 
     #[test]

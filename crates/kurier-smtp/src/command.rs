@@ -273,7 +273,10 @@ fn hello_arg(args: &str, usage: &'static str) -> Result<String, CommandError> {
 /// Splits `FROM:<path> params` into the path and the parameter list. The path ends at the
 /// first `>` outside a quoted string.
 fn split_path<'a>(args: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
-    if args.len() < keyword.len() || !args[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // Compare bytes: the keyword is ASCII, so a match also proves the split point is a char
+    // boundary (slicing the str first would panic inside a multi-byte character).
+    let head = args.as_bytes().get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword.as_bytes()) {
         return None;
     }
     let rest = args[keyword.len()..].trim_start();
@@ -664,6 +667,19 @@ mod tests {
             panic!()
         };
         assert_eq!(m.local(), "a>b");
+    }
+
+    #[test]
+    fn multibyte_character_where_the_keyword_ends() {
+        // Found by fuzzing: "TO" followed by a two-byte character.
+        assert!(matches!(
+            parse_command("RCPT TOù\"A\"@NO>".as_bytes()),
+            Err(CommandError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse_command("MAIL FROMé:<a@b.test>".as_bytes()),
+            Err(CommandError::Syntax(_))
+        ));
     }
 
     #[test]
