@@ -89,6 +89,7 @@ class Server:
 
 
 def sender(server, rcpt, stop, acked, lock, n, auth):
+    mail_from = auth[0] if auth else "sender@src.test"
     import ssl
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -103,7 +104,7 @@ def sender(server, rcpt, stop, acked, lock, n, auth):
                 while not stop.is_set():
                     seq += 1
                     mid = "%d-%d" % (n, seq)
-                    c.sendmail("sender@src.test", [rcpt], ("Subject: crash-%s\r\n\r\nbody %s\r\n" % (mid, mid)).encode())
+                    c.sendmail(mail_from, [rcpt], ("Subject: crash-%s\r\n\r\nbody %s\r\n" % (mid, mid)).encode())
                     with lock:
                         acked.append(mid)
         except (OSError, smtplib.SMTPException):

@@ -74,6 +74,10 @@ pub struct Config {
     /// printed by `kurier user hash`). Users added with `kurier user add` live in
     /// `<data_dir>/users.toml` instead.
     pub users: BTreeMap<String, String>,
+    /// Extra sender addresses an authenticated user may use, besides their own address and
+    /// the aliases that lead to them: user = ["other@example.org", "@example.net"] (a whole
+    /// domain).
+    pub senders: BTreeMap<String, Vec<String>>,
     /// Delivery settings.
     pub delivery: DeliveryConfig,
     /// DNS resolution for outbound delivery.
@@ -305,6 +309,7 @@ impl Default for Config {
             limits: Limits::default(),
             aliases: BTreeMap::new(),
             users: BTreeMap::new(),
+            senders: BTreeMap::new(),
             delivery: DeliveryConfig::default(),
             dns: DnsConfig::default(),
             routes: Vec::new(),
@@ -506,6 +511,22 @@ impl Config {
             }
             for t in targets.addresses() {
                 self.local_mailbox(&format!("aliases.\"{addr}\""), t)?;
+            }
+        }
+        for (user, allowed) in &self.senders {
+            let key = format!("senders.\"{user}\"");
+            self.local_mailbox(&key, user)?;
+            for a in allowed {
+                let ok = match a.strip_prefix('@') {
+                    Some(domain) => Domain::parse(domain).is_ok(),
+                    None => Mailbox::parse(a).is_ok(),
+                };
+                if !ok {
+                    return Err(invalid(
+                        key,
+                        format!("{a:?} is neither an address nor @domain"),
+                    ));
+                }
             }
         }
         for (addr, hash) in &self.users {

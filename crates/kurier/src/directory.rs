@@ -71,6 +71,7 @@ pub struct Directory {
     cache: Mutex<UsersCache>,
     delimiter: Option<char>,
     mail_root: PathBuf,
+    senders: HashMap<String, Vec<String>>,
 }
 
 /// What an address is to us.
@@ -133,6 +134,14 @@ impl Directory {
             }),
             delimiter: config.recipient_delimiter.chars().next(),
             mail_root: data_dir.join("mail"),
+            senders: config
+                .senders
+                .iter()
+                .filter_map(|(k, v)| {
+                    let grants = v.iter().map(|a| a.to_lowercase()).collect();
+                    Some((address_key(&parse(k)?), grants))
+                })
+                .collect(),
         }
     }
 
@@ -234,6 +243,29 @@ impl Directory {
             return Some(vec![m.clone()]);
         }
         None
+    }
+
+    /// True when the authenticated `user` may send as `sender`: their own address (with or
+    /// without an extension), an alias that delivers to them, or a grant in `[senders]`.
+    /// This keeps authenticated accounts from spoofing other people.
+    pub fn may_send_as(&self, user: &str, sender: &Mailbox) -> bool {
+        let Ok(u) = Mailbox::parse(user) else {
+            return false;
+        };
+        let user_key = address_key(&u);
+        if address_key(sender) == user_key {
+            return true;
+        }
+        if let Resolution::Local(targets) = self.resolve(sender)
+            && targets.iter().any(|t| address_key(t) == user_key)
+        {
+            return true;
+        }
+        let sender_key = address_key(sender);
+        let domain = format!("@{}", sender.domain());
+        self.senders
+            .get(&user_key)
+            .is_some_and(|grants| grants.iter().any(|g| *g == sender_key || *g == domain))
     }
 
     /// Checks a password. Slow on purpose (argon2): call it off the async reactor.
@@ -457,6 +489,55 @@ mod tests {
             d.maildir(&mb("Alice@example.test")),
             dir.path().join("mail/example.test/alice")
         );
+    }
+
+    #[test]
+    fn who_may_send_as_whom() {
+        let (dir, _) = setup();
+        let config = Config::parse(
+            r#"
+            domains = ["example.test", "other.test"]
+            [aliases]
+            "info@example.test" = ["alice@example.test", "bob@example.test"]
+            [senders]
+            "bob@example.test" = ["@other.test", "boss@example.test"]
+            "#,
+        )
+        .unwrap();
+        change_user(
+            &config,
+            dir.path(),
+            "alice@example.test",
+            UserChange::Add,
+            Some("pw"),
+        )
+        .unwrap();
+        change_user(
+            &config,
+            dir.path(),
+            "bob@example.test",
+            UserChange::Add,
+            Some("pw"),
+        )
+        .unwrap();
+        let d = Directory::new(&config, dir.path());
+        assert!(d.may_send_as("alice@example.test", &mb("Alice@Example.test")));
+        assert!(d.may_send_as("alice@example.test", &mb("alice+lists@example.test")));
+        assert!(
+            d.may_send_as("alice@example.test", &mb("info@example.test")),
+            "alias delivering to her"
+        );
+        assert!(!d.may_send_as("alice@example.test", &mb("bob@example.test")));
+        assert!(!d.may_send_as("alice@example.test", &mb("someone@remote.test")));
+        assert!(
+            d.may_send_as("bob@example.test", &mb("anyone@other.test")),
+            "domain grant"
+        );
+        assert!(
+            d.may_send_as("bob@example.test", &mb("boss@example.test")),
+            "address grant"
+        );
+        assert!(!d.may_send_as("bob@example.test", &mb("alice@example.test")));
     }
 
     #[test]

@@ -17,15 +17,48 @@ use kurier_spool::{Envelope, NotifyFlags, QueueId, RecipientState, SpoolError};
 use crate::directory::Resolution;
 use crate::server::Context;
 
-/// MAIL FROM: every syntactically valid sender is accepted for now (sender authentication,
-/// SPF and rate limits come with their own policy).
+/// MAIL FROM: an authenticated user may only use a sender they own (their address, an
+/// alias that delivers to them, or a grant in `[senders]`); otherwise 553 5.7.1. The null
+/// sender is allowed. Unauthenticated senders are not restricted here.
 pub fn check_mail(
-    _ctx: &Context,
-    _from: &ReversePath,
+    ctx: &Context,
+    from: &ReversePath,
     _params: &MailParams,
-    _auth: Option<&str>,
+    auth: Option<&str>,
 ) -> Verdict {
-    Verdict::Accept
+    match (auth, from) {
+        (Some(user), ReversePath::Mailbox(m)) if !ctx.directory.may_send_as(user, m) => {
+            Verdict::Reject(Reply::new(
+                553,
+                codes::NOT_AUTHORIZED,
+                format!("<{m}>: Sender address not owned by user {user}"),
+            ))
+        }
+        _ => Verdict::Accept,
+    }
+}
+
+/// The From: addresses of a message an authenticated user submits must be theirs too
+/// (RFC 5322 §3.6.2), or the sender check could be dodged in the header readers see.
+fn check_from_header(ctx: &Context, user: &str, body: &[u8]) -> Result<(), Reply> {
+    let Some(message) = mail_parser::MessageParser::new().parse_headers(body) else {
+        return Ok(());
+    };
+    let Some(from) = message.from() else {
+        return Ok(());
+    };
+    for addr in from.iter() {
+        let text = addr.address().unwrap_or_default();
+        let owned = Mailbox::parse(text).is_ok_and(|m| ctx.directory.may_send_as(user, &m));
+        if !owned {
+            return Err(Reply::new(
+                553,
+                codes::NOT_AUTHORIZED,
+                format!("From: address <{text}> not owned by user {user}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// RCPT TO: local users, aliases and postmaster are accepted; unknown local users get 550
@@ -74,6 +107,9 @@ pub async fn commit(
     peer: SocketAddr,
     message: Message,
 ) -> Result<String, Reply> {
+    if let Some(user) = &message.auth_user {
+        check_from_header(ctx, user, &message.body)?;
+    }
     let id = QueueId::generate();
     let now = chrono::Utc::now();
     let recipients: Vec<RecipientState> = message

@@ -8,16 +8,25 @@ use std::process::Command;
 
 const MESSAGE: &[u8] = b"From: Sender <sender@example.test>\r\nTo: postmaster@localhost\r\nSubject: byte for byte\r\nMessage-ID: <t1@example.test>\r\n\r\nLine one\r\n.leading dot\r\n..two dots\r\n\r\nlast line\r\n";
 
+/// What alice submits after AUTH: her own From: (others' addresses are refused).
+const ALICE_MESSAGE: &[u8] = b"From: Alice <alice@localhost>\r\nTo: someone\r\nSubject: from alice\r\n\r\n.dot line\r\nlast line\r\n";
+
 fn message_file(s: &TestServer) -> String {
     let p = s.dir.path().join("message.eml");
     std::fs::write(&p, MESSAGE).unwrap();
     p.to_str().unwrap().to_string()
 }
 
+fn alice_file(s: &TestServer) -> String {
+    let p = s.dir.path().join("alice.eml");
+    std::fs::write(&p, ALICE_MESSAGE).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
 /// swaks always sends CRLF before the final dot, so the message it delivers gains one empty
 /// line at the end.
-fn swaks_sent() -> Vec<u8> {
-    let mut m = MESSAGE.to_vec();
+fn swaks_sent(message: &[u8]) -> Vec<u8> {
+    let mut m = message.to_vec();
     m.extend_from_slice(b"\r\n");
     m
 }
@@ -69,7 +78,7 @@ fn swaks_plain_to_postmaster_is_delivered_byte_for_byte() {
         "sender@example.test",
         "postmaster@localhost",
         "ESMTP",
-        &swaks_sent(),
+        &swaks_sent(MESSAGE),
     );
     // Delivered messages leave the queue.
     for _ in 0..100 {
@@ -85,7 +94,7 @@ fn swaks_plain_to_postmaster_is_delivered_byte_for_byte() {
 fn swaks_starttls_auth_plain_and_login_on_submission() {
     let s = TestServer::default();
     s.add_user("alice@localhost");
-    let file = message_file(&s);
+    let file = alice_file(&s);
     for mech in ["PLAIN", "LOGIN"] {
         let out = run_ok(swaks(s.submission).args([
             "--tls",
@@ -111,7 +120,7 @@ fn swaks_starttls_auth_plain_and_login_on_submission() {
             "alice@localhost",
             "alice@localhost",
             "ESMTPSA",
-            &swaks_sent(),
+            &swaks_sent(ALICE_MESSAGE),
         );
         let (_, received, _) = split_delivered(m);
         assert!(received.contains("(using TLSv1."), "{received}");
@@ -122,7 +131,7 @@ fn swaks_starttls_auth_plain_and_login_on_submission() {
 fn swaks_implicit_tls_on_submissions() {
     let s = TestServer::default();
     s.add_user("alice@localhost");
-    let file = message_file(&s);
+    let file = alice_file(&s);
     let out = run_ok(swaks(s.submissions).args([
         "--tlsc",
         "--auth",
@@ -145,7 +154,7 @@ fn swaks_implicit_tls_on_submissions() {
         "alice@localhost",
         "postmaster@kurier.test",
         "ESMTPSA",
-        &swaks_sent(),
+        &swaks_sent(ALICE_MESSAGE),
     );
 }
 
@@ -325,6 +334,7 @@ fn curl_smtp_and_smtps() {
     let s = TestServer::default();
     s.add_user("alice@localhost");
     let file = message_file(&s);
+    let alice = alice_file(&s);
     run_ok(Command::new("curl").args([
         "-sS",
         "--max-time",
@@ -352,7 +362,7 @@ fn curl_smtp_and_smtps() {
         "--mail-rcpt",
         "alice@localhost",
         "--upload-file",
-        &file,
+        &alice,
     ]));
     let mail = s.wait_for_mail("localhost", "postmaster", 1);
     check_delivered(
@@ -368,6 +378,48 @@ fn curl_smtp_and_smtps() {
         "alice@localhost",
         "alice@localhost",
         "ESMTPSA",
-        MESSAGE,
+        ALICE_MESSAGE,
     );
+}
+
+#[test]
+fn authenticated_users_cannot_spoof_senders() {
+    let s = TestServer::start("", "[aliases]\n\"sales@localhost\" = \"alice@localhost\"\n");
+    s.add_user("alice@localhost");
+    s.add_user("bob@localhost");
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20) as c:
+    c.starttls(context=ctx)
+    c.login("alice@localhost", "correct horse battery")
+    try:
+        c.sendmail("bob@localhost", ["postmaster@localhost"], b"Subject: x\r\n\r\nx\r\n")
+        raise SystemExit("envelope spoof accepted")
+    except smtplib.SMTPSenderRefused as e:
+        print("envelope", e.smtp_code, e.smtp_error.decode())
+    try:
+        c.sendmail("alice@localhost", ["postmaster@localhost"], b"From: Bob <bob@localhost>\r\nSubject: x\r\n\r\nx\r\n")
+        raise SystemExit("From: spoof accepted")
+    except smtplib.SMTPDataError as e:
+        print("header", e.smtp_code, e.smtp_error.decode())
+    c.sendmail("sales@localhost", ["postmaster@localhost"], b"From: Sales <sales@localhost>\r\nSubject: ok\r\n\r\nx\r\n")
+    c.sendmail("alice+news@localhost", ["postmaster@localhost"], b"From: alice+news@localhost\r\nSubject: ok\r\n\r\nx\r\n")
+print("done")
+"#;
+    let out = run_ok(Command::new("python3").args(["-c", script, &s.submission.to_string()]));
+    assert!(
+        out.contains(
+            "envelope 553 5.7.1 <bob@localhost>: Sender address not owned by user alice@localhost"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "header 553 5.7.1 From: address <bob@localhost> not owned by user alice@localhost"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("done"), "{out}");
+    s.wait_for_mail("localhost", "postmaster", 2);
 }

@@ -397,9 +397,10 @@ fn notify_success_relayed_and_delivered_notify_never_silences_failure() {
 
 #[test]
 fn smarthost_with_implicit_tls_and_auth() {
+    // The relay account may send for the origin's domain (a grant, or it would be spoofing).
     let peer = TestServer::start(
         "hostname = \"smarthost.test\"\ndomains = [\"final.test\"]",
-        "",
+        "[senders]\n\"relay@final.test\" = [\"@localhost\"]\n",
     );
     peer.add_user("relay@final.test");
     peer.add_user("bob@final.test");
@@ -623,8 +624,12 @@ fn a_failed_bounce_is_never_bounced() {
         ("mx.loop.test", Rr::A(ip)),
     ]);
     let rx = Receiver::start(ip);
-    let s = origin(&dns, "", "");
-    // The sender is a remote address that refuses mail: its bounce fails too.
+    let s = origin(
+        &dns,
+        "",
+        "[senders]\n\"alice@localhost\" = [\"@loop.test\"]\n",
+    );
+    // The sender is a remote address (granted to alice) that refuses mail: its bounce fails too.
     let script = r#"
 import smtplib, ssl, sys
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE

@@ -369,6 +369,8 @@ fn user_add_reads_the_password_from_stdin() {
         PASSWORD,
         "--to",
         "dora@localhost",
+        "--from",
+        "dora@localhost",
         "--timeout",
         "20",
     ]));
