@@ -149,6 +149,8 @@ pub mod codes {
     pub const TOO_MANY_RCPTS: EnhancedCode = EnhancedCode(4, 5, 3);
     /// 4.7.0 Other or undefined security status (temporary): limits.
     pub const SECURITY_TEMP: EnhancedCode = EnhancedCode(4, 7, 0);
+    /// 4.7.1 Delivery not authorized (temporary): greylisting.
+    pub const GREYLISTED: EnhancedCode = EnhancedCode(4, 7, 1);
     /// 5.1.1 Bad destination mailbox address (unknown user).
     pub const NO_SUCH_USER: EnhancedCode = EnhancedCode(5, 1, 1);
     /// 5.1.3 Bad destination mailbox address syntax.

@@ -179,6 +179,8 @@ pub enum AuthVerdict {
     BadCredentials,
     /// The check could not be made now (454, not counted).
     Unavailable,
+    /// Too many failures from this client recently: refused without checking (454).
+    Throttled,
 }
 
 #[derive(Debug)]
@@ -337,6 +339,11 @@ impl ServerSession {
                 454,
                 codes::SECURITY_TEMP,
                 "Temporary authentication failure, try again later",
+            )),
+            AuthVerdict::Throttled => self.send(Reply::new(
+                454,
+                codes::SECURITY_TEMP,
+                "Too many failed authentications from your address, try again later",
             )),
         }
     }

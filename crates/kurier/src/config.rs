@@ -80,8 +80,12 @@ pub struct Config {
     pub senders: BTreeMap<String, Vec<String>>,
     /// Delivery settings.
     pub delivery: DeliveryConfig,
-    /// DNS resolution for outbound delivery.
+    /// DNS resolution (outbound delivery and DNSBL lookups).
     pub dns: DnsConfig,
+    /// DNS blocklists checked for each client of the `smtp` role.
+    pub dnsbl: DnsblConfig,
+    /// Greylisting of unknown (client network, sender, recipient) triplets on the `smtp` role.
+    pub greylisting: GreylistConfig,
     /// Routes overriding MX lookup (smarthosts), by recipient domain.
     pub routes: Vec<RouteConfig>,
     /// Logging.
@@ -153,6 +157,12 @@ pub struct Limits {
     pub errors: u32,
     /// Failed AUTH attempts after which a connection is closed.
     pub auth_failures: u32,
+    /// Failed AUTH attempts from one client address, across connections, after which its
+    /// AUTH attempts are refused (454 4.7.0, with a growing delay) until the window passes.
+    pub auth_failures_per_ip: u32,
+    /// The window for `auth_failures_per_ip`.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_window: Duration,
     /// On shutdown, how long transactions in progress may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -191,6 +201,49 @@ pub struct DeliveryConfig {
 pub struct DnsConfig {
     /// Name servers ("IP" or "IP:port"). Empty: the system's /etc/resolv.conf.
     pub servers: Vec<String>,
+}
+
+/// DNSBL settings (RFC 5782).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsblConfig {
+    /// Zones to query, e.g. ["zen.spamhaus.org"]. A client listed in one gets 554 5.7.1 at
+    /// connect, naming the zone. Empty: no checks.
+    pub zones: Vec<String>,
+}
+
+/// Greylisting settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GreylistConfig {
+    /// Turn greylisting on.
+    pub enabled: bool,
+    /// How long an unknown triplet must wait before a retry is accepted.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    /// How long after the first attempt a retry still counts (later ones start over).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long a triplet that passed is remembered (from its last use).
+    #[serde(with = "humantime_serde")]
+    pub remember: Duration,
+    /// Clients in these networks are never greylisted.
+    pub exempt_networks: Vec<ipnet::IpNet>,
+}
+
+impl Default for GreylistConfig {
+    fn default() -> Self {
+        GreylistConfig {
+            enabled: false,
+            delay: Duration::from_secs(300),
+            window: Duration::from_secs(24 * 3600),
+            remember: Duration::from_secs(36 * 24 * 3600),
+            exempt_networks: vec![
+                "127.0.0.0/8".parse().unwrap_or(ipnet::IpNet::default()),
+                "::1/128".parse().unwrap_or(ipnet::IpNet::default()),
+            ],
+        }
+    }
 }
 
 /// How a route or MX connection uses TLS.
@@ -312,6 +365,8 @@ impl Default for Config {
             senders: BTreeMap::new(),
             delivery: DeliveryConfig::default(),
             dns: DnsConfig::default(),
+            dnsbl: DnsblConfig::default(),
+            greylisting: GreylistConfig::default(),
             routes: Vec::new(),
             log: LogConfig::default(),
         }
@@ -329,6 +384,8 @@ impl Default for Limits {
             data_timeout: Duration::from_secs(300),
             errors: 20,
             auth_failures: 3,
+            auth_failures_per_ip: 10,
+            auth_failure_window: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -435,6 +492,10 @@ impl Config {
             ("limits.connections_per_ip", l.connections_per_ip as u64),
             ("limits.errors", u64::from(l.errors)),
             ("limits.auth_failures", u64::from(l.auth_failures)),
+            (
+                "limits.auth_failures_per_ip",
+                u64::from(l.auth_failures_per_ip),
+            ),
             ("delivery.workers", self.delivery.workers as u64),
             (
                 "delivery.per_destination",

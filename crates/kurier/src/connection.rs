@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kurier_smtp::session::{Action, AuthVerdict, ServerSession, SessionConfig, TlsInfo};
+use kurier_smtp::session::{Action, AuthVerdict, ServerSession, SessionConfig, TlsInfo, Verdict};
 use kurier_smtp::{Reply, Role, codes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -118,7 +118,27 @@ async fn run(
         }
     }
     summary.tls = initial_tls.clone();
+    // RFC 5782: a client listed on a configured DNSBL is refused before the greeting.
+    if role == Role::Smtp
+        && !ctx.config.dnsbl.zones.is_empty()
+        && let Some(zone) =
+            crate::dnsbl::listed(&ctx.resolver, peer.ip(), &ctx.config.dnsbl.zones).await
+    {
+        tracing::info!(peer = %peer.ip(), zone = %zone, "client listed on DNSBL, refused");
+        let reply = Reply::new(
+            554,
+            codes::NOT_AUTHORIZED,
+            format!(
+                "Service unavailable; client [{}] blocked using {zone}",
+                peer.ip()
+            ),
+        );
+        let _ = conn.write_all(&reply.to_bytes()).await;
+        conn.shutdown().await;
+        return "listed on DNSBL";
+    }
     let mut session = ServerSession::new(session_config(ctx, role), initial_tls);
+    let mut mail_from = None;
     let mut out = Vec::with_capacity(512);
     let mut buf = vec![0u8; READ_BUFFER];
     // RFC 5321 §4.5.3.2.7: the time for a whole command, from our last reply, not per read,
@@ -130,11 +150,30 @@ async fn run(
                 Action::Send(reply) => reply.write_to(&mut out),
                 Action::CheckMail { from, params } => {
                     let verdict = inbound::check_mail(ctx, &from, &params, session.auth_user());
+                    if verdict == Verdict::Accept {
+                        mail_from = Some(from);
+                    }
                     session.resolve(verdict);
                 }
                 Action::CheckRcpt { to, params } => {
-                    let verdict = inbound::check_rcpt(ctx, &to, &params, session.auth_user());
+                    let client = inbound::Client {
+                        ip: peer.ip(),
+                        role,
+                        auth: session.auth_user(),
+                        from: mail_from.as_ref(),
+                    };
+                    let verdict = inbound::check_rcpt(ctx, &to, &params, &client);
                     session.resolve(verdict);
+                }
+                Action::Authenticate { username, .. }
+                    if ctx.auth_throttle.blocked(peer.ip()).is_some() =>
+                {
+                    // Over the per-address limit: the check above booked a growing delay;
+                    // wait it out, then refuse without looking at the password.
+                    let delay = ctx.auth_throttle.blocked(peer.ip()).unwrap_or_default();
+                    tokio::time::sleep(delay).await;
+                    tracing::warn!(peer = %peer.ip(), user = %username, "authentication refused: too many failures from this address");
+                    session.resolve_auth(AuthVerdict::Throttled);
                 }
                 Action::Authenticate {
                     username, password, ..
@@ -152,6 +191,7 @@ async fn run(
                     if verdict == AuthVerdict::Success {
                         summary.auth = Some(username.clone());
                     } else {
+                        ctx.auth_throttle.failed(peer.ip());
                         tracing::warn!(peer = %peer.ip(), user = %username, "authentication failed");
                     }
                     session.resolve_auth(verdict);

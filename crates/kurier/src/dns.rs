@@ -201,6 +201,25 @@ impl MxResolver {
     }
 }
 
+impl MxResolver {
+    /// IPv4 addresses of a name (for DNSBL queries); empty when it does not exist.
+    pub async fn a_records(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, RouteError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.ipv4_lookup(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(RouteError::Temporary(name.to_string(), e.to_string())),
+        }
+    }
+}
+
 /// Sorts by preference and shuffles hosts of equal preference (RFC 5321 §5.1: spread load).
 fn order_by_preference(hosts: &mut [MxHost]) {
     hosts.sort_by_key(|h| h.preference);

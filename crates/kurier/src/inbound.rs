@@ -61,13 +61,26 @@ fn check_from_header(ctx: &Context, user: &str, body: &[u8]) -> Result<(), Reply
     Ok(())
 }
 
+/// Who is asking, for the recipient decision.
+pub struct Client<'a> {
+    /// The client's address.
+    pub ip: std::net::IpAddr,
+    /// The listener's role.
+    pub role: kurier_smtp::Role,
+    /// The authenticated user.
+    pub auth: Option<&'a str>,
+    /// The accepted MAIL FROM of the transaction.
+    pub from: Option<&'a ReversePath>,
+}
+
 /// RCPT TO: local users, aliases and postmaster are accepted; unknown local users get 550
 /// 5.1.1 now (not a bounce later, which would be backscatter); remote domains need AUTH.
+/// Unauthenticated mail on the `smtp` role may be greylisted (451 4.7.1).
 pub fn check_rcpt(
     ctx: &Context,
     to: &ForwardPath,
     _params: &RcptParams,
-    auth: Option<&str>,
+    client: &Client<'_>,
 ) -> Verdict {
     let m = match to {
         // RFC 5321 §4.5.1: <Postmaster> without a domain is always accepted.
@@ -75,18 +88,37 @@ pub fn check_rcpt(
         ForwardPath::Mailbox(m) => m,
     };
     match ctx.directory.resolve(m) {
-        Resolution::Local(_) => Verdict::Accept,
+        Resolution::Local(_) => greylist(ctx, m, client),
         Resolution::Unknown => Verdict::Reject(Reply::new(
             550,
             codes::NO_SUCH_USER,
             format!("<{m}>: Recipient address rejected: no such user here"),
         )),
-        Resolution::Remote if auth.is_some() => Verdict::Accept,
+        Resolution::Remote if client.auth.is_some() => Verdict::Accept,
         Resolution::Remote => Verdict::Reject(Reply::new(
             554,
             codes::NOT_AUTHORIZED,
             format!("<{m}>: Relay access denied (authenticate to send to other domains)"),
         )),
+    }
+}
+
+/// Greylisting applies to unauthenticated clients of the `smtp` role outside the exempt
+/// networks.
+fn greylist(ctx: &Context, to: &Mailbox, client: &Client<'_>) -> Verdict {
+    let (Some(g), Some(from)) = (&ctx.greylist, client.from) else {
+        return Verdict::Accept;
+    };
+    if client.auth.is_some() || client.role != kurier_smtp::Role::Smtp || g.exempt(client.ip) {
+        return Verdict::Accept;
+    }
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+    match g.check(client.ip, from, to, now) {
+        Some(reply) => {
+            tracing::info!(peer = %client.ip, from = %from, rcpt = %to, "greylisted");
+            Verdict::Reject(reply)
+        }
+        None => Verdict::Accept,
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`dsn`]: delivery status notifications (RFC 3464).
 //! - [`maildir`]: Maildir writing with fsync.
 //! - [`stream`]: a connection in plaintext or TLS.
+//! - [`dnsbl`], [`greylist`], [`throttle`]: abuse defences (blocklists, greylisting, AUTH failures).
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
 //! - [`privilege`]: switching to an unprivileged user after binding.
 
@@ -26,7 +27,9 @@ pub mod connection;
 pub mod delivery;
 pub mod directory;
 pub mod dns;
+pub mod dnsbl;
 pub mod dsn;
+pub mod greylist;
 pub mod inbound;
 pub mod maildir;
 pub mod outbound;
@@ -34,4 +37,5 @@ pub mod privilege;
 pub mod queue;
 pub mod server;
 pub mod stream;
+pub mod throttle;
 pub mod tls;

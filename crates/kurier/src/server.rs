@@ -22,7 +22,10 @@ use crate::config::Config;
 use crate::connection::{self, Shutdown};
 use crate::delivery::{self, DeliveryHandle};
 use crate::directory::Directory;
+use crate::dns::MxResolver;
+use crate::greylist::Greylist;
 use crate::outbound::Outbound;
+use crate::throttle::AuthThrottle;
 use crate::{privilege, tls};
 
 /// Why the server could not start.
@@ -82,6 +85,12 @@ pub struct Context {
     pub tls: Option<TlsAcceptor>,
     /// Delivery workers.
     pub delivery: DeliveryHandle,
+    /// DNS for inbound checks (DNSBL).
+    pub resolver: Arc<MxResolver>,
+    /// Greylisting, when enabled.
+    pub greylist: Option<Arc<Greylist>>,
+    /// AUTH failures per client address.
+    pub auth_throttle: AuthThrottle,
 }
 
 /// Counts connections in total and per client address (RFC 5321 §4.5.3.2 lets a server
@@ -226,12 +235,51 @@ pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
         delivery.engine().clone(),
         stop.clone(),
     ));
+    let resolver = Arc::new(MxResolver::new(&config.dns.servers).map_err(StartError::Outbound)?);
+    let greylist = config.greylisting.enabled.then(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Arc::new(Greylist::open(
+            config.greylisting.clone(),
+            data_dir.join("greylist.json"),
+            now,
+        ))
+    });
+    if let Some(g) = greylist.clone() {
+        // Saved every 30 s and once more at shutdown, so the state survives restarts.
+        let stop = stop.clone();
+        workers.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                let stopping = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = stop.cancelled() => true,
+                };
+                let g = g.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || g.save()).await {
+                    tracing::warn!(error = %e, "cannot save the greylist");
+                }
+                if stopping {
+                    break;
+                }
+            }
+        });
+    }
+    let auth_throttle = AuthThrottle::new(
+        config.limits.auth_failures_per_ip,
+        config.limits.auth_failure_window,
+    );
     let ctx = Arc::new(Context {
         config: config.clone(),
         directory,
         spool,
         tls,
         delivery,
+        resolver,
+        greylist,
+        auth_throttle,
     });
     let limiter = Arc::new(Limiter {
         total: config.limits.connections,

@@ -1,0 +1,141 @@
+//! Abuse defences end to end: DNSBL at connect, greylisting (persisted across restarts),
+//! AUTH brute force throttled across reconnects, against the running server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::dns::{Rr, TestDns};
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn dnsbl_listed_client_is_refused_at_connect() {
+    let dns = TestDns::start(vec![(
+        "1.0.0.127.bl.test",
+        Rr::A(std::net::Ipv4Addr::new(127, 0, 0, 2)),
+    )]);
+    let tables = format!(
+        "{}\n[dnsbl]\nzones = [\"clean.test\", \"bl.test\"]\n",
+        dns.config()
+    );
+    let s = TestServer::start("", &tables);
+    let mut w = Wire::connect(s.smtp);
+    assert_eq!(
+        w.reply(),
+        "554 5.7.1 Service unavailable; client [127.0.0.1] blocked using bl.test\r\n"
+    );
+    assert_eq!(w.reply(), "");
+    // A client that is not listed is served; submission (authenticated users) is not checked.
+    let script = r#"
+import socket, sys
+s = socket.socket(); s.settimeout(10); s.bind(("127.0.0.2", 0)); s.connect(("127.0.0.1", int(sys.argv[1])))
+print(s.recv(200).decode().strip())
+"#;
+    let out = run_ok(Command::new("python3").args(["-c", script, &s.smtp.to_string()]));
+    assert!(out.starts_with("220 "), "{out}");
+    let mut w = Wire::connect(s.submission);
+    assert!(w.reply().starts_with("220 "));
+}
+
+#[test]
+fn greylisting_dance_and_persistence() {
+    let tables = "[greylisting]\nenabled = true\ndelay = \"2s\"\nexempt_networks = []\n";
+    let mut s = TestServer::start("", tables);
+    s.add_user("alice@localhost");
+    let try_rcpt = |port: u16, rcpt: &str| -> String {
+        let mut w = Wire::greeted(port);
+        assert!(w.cmd("MAIL FROM:<sender@remote.test>").starts_with("250 "));
+        w.cmd(&format!("RCPT TO:<{rcpt}>"))
+    };
+    let first = try_rcpt(s.smtp, "alice@localhost");
+    assert!(
+        first.starts_with("451 4.7.1 Greylisted: please retry in "),
+        "{first}"
+    );
+    assert!(
+        try_rcpt(s.smtp, "alice@localhost").starts_with("451 4.7.1 "),
+        "too early"
+    );
+    // Unknown users are still refused outright, not greylisted.
+    assert!(try_rcpt(s.smtp, "nobody@localhost").starts_with("550 5.1.1 "));
+    std::thread::sleep(Duration::from_millis(2200));
+    assert!(
+        try_rcpt(s.smtp, "alice@localhost").starts_with("250 "),
+        "accepted after the delay"
+    );
+    // Authenticated submission is never greylisted.
+    let out = run_ok(Command::new("swaks").args([
+        "--server",
+        &format!("127.0.0.1:{}", s.submission),
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice@localhost",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "alice@localhost",
+        "--to",
+        "postmaster@localhost",
+        "--timeout",
+        "20",
+    ]));
+    assert!(out.contains("250 2.0.0 Ok"), "{out}");
+    // The passed triplet survives a restart; a new one is greylisted.
+    assert_eq!(s.terminate().code(), Some(0));
+    s.spawn();
+    assert!(
+        try_rcpt(s.smtp, "alice@localhost").starts_with("250 "),
+        "{}",
+        s.log()
+    );
+    assert!(try_rcpt(s.smtp, "postmaster@localhost").starts_with("451 4.7.1 "));
+}
+
+#[test]
+fn auth_brute_force_is_throttled_across_reconnects() {
+    let s = TestServer::start(
+        "",
+        "[limits]\nauth_failures_per_ip = 3\nauth_failures = 2\n",
+    );
+    s.add_user("alice@localhost");
+    let script = r#"
+import base64, smtplib, ssl, sys, time
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+def attempt(password):
+    # One AUTH PLAIN per connection, as a password guesser that reconnects would do.
+    t = time.time()
+    with smtplib.SMTP_SSL("127.0.0.1", int(sys.argv[1]), context=ctx, timeout=30) as c:
+        c.ehlo("guesser.test")
+        token = base64.b64encode(b"\0alice@localhost\0" + password.encode()).decode()
+        code, msg = c.docmd("AUTH", "PLAIN " + token)
+        return "%d %s" % (code, msg.decode()), time.time() - t
+results = [attempt("wrong%d" % i) for i in range(3)]
+results.append(attempt("correct horse battery"))
+results.append(attempt("correct horse battery"))
+for r, secs in results:
+    print("%.2f %s" % (secs, r))
+"#;
+    let started = Instant::now();
+    let out = run_ok(Command::new("python3").args(["-c", script, &s.submissions.to_string()]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    for l in &lines[..3] {
+        assert!(
+            l.contains("535 5.7.8 Authentication credentials invalid"),
+            "{out}"
+        );
+    }
+    // Over the limit: even the right password is refused, after a delay that grows.
+    for l in &lines[3..] {
+        assert!(
+            l.contains("454 4.7.0 Too many failed authentications from your address"),
+            "{out}"
+        );
+    }
+    let delay = |l: &str| l.split(' ').next().unwrap().parse::<f64>().unwrap();
+    assert!(delay(lines[4]) > delay(lines[3]), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(s.log().contains("too many failures from this address"));
+}
