@@ -147,6 +147,11 @@ pub struct Limits {
     pub connections: usize,
     /// Simultaneous connections from one client IP address.
     pub connections_per_ip: usize,
+    /// New connections per minute from one client address (0: unlimited); over it, 421.
+    pub connections_per_minute: u32,
+    /// Messages (MAIL commands) per minute from one client address (0: unlimited); over
+    /// it, 451.
+    pub messages_per_minute: u32,
     /// Idle time allowed while waiting for a command (RFC 5321 §4.5.3.2.7: at least 5 min).
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
@@ -380,6 +385,8 @@ impl Default for Limits {
             recipients: 100,
             connections: 1000,
             connections_per_ip: 50,
+            connections_per_minute: 0,
+            messages_per_minute: 0,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
             errors: 20,

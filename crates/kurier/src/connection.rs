@@ -137,6 +137,20 @@ async fn run(
         conn.shutdown().await;
         return "listed on DNSBL";
     }
+    // The client's name for the Received header, looked up on the side: a slow or dead DNS
+    // server never delays the session (the name is used only if known by commit time).
+    let resolver = ctx.resolver.clone();
+    let ip = peer.ip();
+    let mut rdns = Some(tokio::spawn(async move {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            resolver.confirmed_name(ip),
+        )
+        .await
+        .ok()
+        .flatten()
+    }));
+    let mut client_name: Option<String> = None;
     let mut session = ServerSession::new(session_config(ctx, role), initial_tls);
     let mut mail_from = None;
     let mut out = Vec::with_capacity(512);
@@ -149,7 +163,8 @@ async fn run(
             match action {
                 Action::Send(reply) => reply.write_to(&mut out),
                 Action::CheckMail { from, params } => {
-                    let verdict = inbound::check_mail(ctx, &from, &params, session.auth_user());
+                    let verdict =
+                        inbound::check_mail(ctx, &from, &params, session.auth_user(), peer.ip());
                     if verdict == Verdict::Accept {
                         mail_from = Some(from);
                     }
@@ -222,7 +237,12 @@ async fn run(
                 }
                 Action::Commit(message) => {
                     summary.messages += 1;
-                    let result = inbound::commit(ctx, peer, *message).await;
+                    if rdns.as_ref().is_some_and(|h| h.is_finished())
+                        && let Some(handle) = rdns.take()
+                    {
+                        client_name = handle.await.ok().flatten();
+                    }
+                    let result = inbound::commit(ctx, peer, client_name.as_deref(), *message).await;
                     if result.is_err() {
                         summary.messages -= 1;
                     }

@@ -68,12 +68,18 @@ pub struct MxResolver {
 }
 
 impl MxResolver {
-    /// Uses the given name servers, or the system configuration when the list is empty.
+    /// Uses the given name servers, or the system configuration (with /etc/hosts) when the
+    /// list is empty.
     /// Timeouts are short: a dead resolver must not stall delivery for minutes.
     pub fn new(servers: &[String]) -> Result<MxResolver, String> {
         let mut opts = ResolverOpts::default();
         opts.timeout = Duration::from_secs(5);
         opts.attempts = 2;
+        // With explicit name servers, only they answer (no /etc/hosts): what the admin
+        // configured is what the server sees.
+        if !servers.is_empty() {
+            opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        }
         let builder = if servers.is_empty() {
             TokioResolver::builder_tokio()
                 .map_err(|e| format!("reading the system resolver configuration: {e}"))?
@@ -202,6 +208,27 @@ impl MxResolver {
 }
 
 impl MxResolver {
+    /// The client's forward-confirmed reverse DNS name: a PTR name whose addresses include
+    /// `ip` (for the Received header, RFC 5321 §4.4 TCP-info). `None` when there is none.
+    pub async fn confirmed_name(&self, ip: std::net::IpAddr) -> Option<String> {
+        let lookup = self.resolver.reverse_lookup(ip).await.ok()?;
+        let names: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_ascii_lowercase()),
+                _ => None,
+            })
+            .take(3)
+            .collect();
+        for name in names {
+            if self.addresses(&name).await.is_ok_and(|a| a.contains(&ip)) {
+                return Some(name);
+            }
+        }
+        None
+    }
+
     /// IPv4 addresses of a name (for DNSBL queries); empty when it does not exist.
     pub async fn a_records(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, RouteError> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));

@@ -17,7 +17,8 @@ use kurier_spool::{Envelope, NotifyFlags, QueueId, RecipientState, SpoolError};
 use crate::directory::Resolution;
 use crate::server::Context;
 
-/// MAIL FROM: an authenticated user may only use a sender they own (their address, an
+/// MAIL FROM: the per-address message rate applies (451); an authenticated user may only
+/// use a sender they own (their address, an
 /// alias that delivers to them, or a grant in `[senders]`); otherwise 553 5.7.1. The null
 /// sender is allowed. Unauthenticated senders are not restricted here.
 pub fn check_mail(
@@ -25,7 +26,15 @@ pub fn check_mail(
     from: &ReversePath,
     _params: &MailParams,
     auth: Option<&str>,
+    ip: std::net::IpAddr,
 ) -> Verdict {
+    if !ctx.message_rate.allow(ip) {
+        return Verdict::Reject(Reply::new(
+            451,
+            codes::SECURITY_TEMP,
+            "Too many messages per minute from your address, try again later",
+        ));
+    }
     match (auth, from) {
         (Some(user), ReversePath::Mailbox(m)) if !ctx.directory.may_send_as(user, m) => {
             Verdict::Reject(Reply::new(
@@ -137,6 +146,7 @@ fn recipient_mailbox(ctx: &Context, to: &ForwardPath) -> Option<Mailbox> {
 pub async fn commit(
     ctx: &Arc<Context>,
     peer: SocketAddr,
+    peer_name: Option<&str>,
     message: Message,
 ) -> Result<String, Reply> {
     if let Some(user) = &message.auth_user {
@@ -169,7 +179,7 @@ pub async fn commit(
     let header = Received {
         helo: &message.helo,
         peer_ip: peer.ip(),
-        peer_name: None,
+        peer_name,
         by: &ctx.config.hostname,
         protocol: message.protocol,
         tls: message.tls.as_ref(),

@@ -25,7 +25,7 @@ use crate::directory::Directory;
 use crate::dns::MxResolver;
 use crate::greylist::Greylist;
 use crate::outbound::Outbound;
-use crate::throttle::AuthThrottle;
+use crate::throttle::{AuthThrottle, RateLimit};
 use crate::{privilege, tls};
 
 /// Why the server could not start.
@@ -91,6 +91,8 @@ pub struct Context {
     pub greylist: Option<Arc<Greylist>>,
     /// AUTH failures per client address.
     pub auth_throttle: AuthThrottle,
+    /// Messages per minute per client address.
+    pub message_rate: RateLimit,
 }
 
 /// Counts connections in total and per client address (RFC 5321 §4.5.3.2 lets a server
@@ -280,6 +282,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
         resolver,
         greylist,
         auth_throttle,
+        message_rate: RateLimit::per_minute(config.limits.messages_per_minute),
     });
     let limiter = Arc::new(Limiter {
         total: config.limits.connections,
@@ -329,6 +332,7 @@ async fn accept_loop(
     shutdown: Shutdown,
     tracker: TaskTracker,
 ) {
+    let connection_rate = RateLimit::per_minute(ctx.config.limits.connections_per_minute);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -343,6 +347,16 @@ async fn accept_loop(
                 continue;
             }
         };
+        if !connection_rate.allow(peer.ip()) {
+            let reply = Reply::new(
+                421,
+                codes::SECURITY_TEMP,
+                "Too many connections per minute from your address, try again later",
+            );
+            tracing::warn!(peer = %peer.ip(), listener = %role.name(), "connection refused: {}", reply.text());
+            tracker.spawn(connection::refuse(stream, reply));
+            continue;
+        }
         match limiter.acquire(peer.ip()) {
             Ok(permit) => {
                 let (ctx, shutdown) = (ctx.clone(), shutdown.clone());

@@ -1,5 +1,6 @@
-//! AUTH failure throttling per client address, across connections: a password guesser that
-//! reconnects after every closed session still runs into the limit.
+//! Limits per client address that hold across connections: AUTH failures (a password guesser
+//! that reconnects after every closed session still runs into the limit), and connections and
+//! messages per minute.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -56,9 +57,53 @@ impl AuthThrottle {
     }
 }
 
+/// Events per client address per minute (fixed one-minute windows). A limit of 0 means off.
+pub struct RateLimit {
+    limit: u32,
+    counts: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl RateLimit {
+    /// At most `limit` events per minute per address (0: unlimited).
+    pub fn per_minute(limit: u32) -> RateLimit {
+        RateLimit {
+            limit,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts an event; false when it is over the limit.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        if self.limit == 0 {
+            return true;
+        }
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() > 100_000 {
+            c.retain(|_, (_, since)| since.elapsed() < Duration::from_secs(60));
+        }
+        let e = c.entry(ip).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= Duration::from_secs(60) {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+        e.0 <= self.limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_per_address() {
+        let r = RateLimit::per_minute(2);
+        let ip: IpAddr = [192, 0, 2, 1].into();
+        assert!(r.allow(ip) && r.allow(ip));
+        assert!(!r.allow(ip));
+        assert!(r.allow([192, 0, 2, 2].into()));
+        let off = RateLimit::per_minute(0);
+        assert!((0..1000).all(|_| off.allow(ip)));
+    }
 
     #[test]
     fn limit_then_growing_delay() {

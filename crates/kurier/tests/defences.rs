@@ -139,3 +139,50 @@ for r, secs in results:
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(s.log().contains("too many failures from this address"));
 }
+
+#[test]
+fn rate_limits_per_address_and_reverse_dns_in_received() {
+    // Reverse lookups of loopback addresses are answered as "localhost" by the resolver itself
+    // (RFC 6761 §6.3), and forward-confirmed; the test DNS server is what it would ask otherwise.
+    let dns = TestDns::start(vec![]);
+    let tables = format!(
+        "{}\n[limits]\nconnections_per_minute = 4\nmessages_per_minute = 2\n",
+        dns.config()
+    );
+    let s = TestServer::start("", &tables);
+    let mut w = Wire::greeted(s.smtp);
+    // Let the reverse lookup finish before the first message.
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..2 {
+        assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+        assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+        assert!(w.cmd("DATA").starts_with("354 "));
+        w.send(format!("Subject: {i}\r\n\r\nx\r\n.\r\n").as_bytes());
+        assert!(w.reply().starts_with("250 "));
+    }
+    assert_eq!(
+        w.cmd("MAIL FROM:<a@example.test>"),
+        "451 4.7.0 Too many messages per minute from your address, try again later\r\n"
+    );
+    let mail = s.wait_for_mail("localhost", "postmaster", 2);
+    let (_, received, _) = split_delivered(&mail[0]);
+    assert!(
+        received.starts_with("Received: from client.test (localhost [127.0.0.1])"),
+        "{received}"
+    );
+    // Four connections a minute: this was the first; three more are greeted, then 421.
+    let mut greeted = 0;
+    for _ in 0..4 {
+        let mut c = Wire::connect(s.smtp);
+        let r = c.reply();
+        if r.starts_with("220 ") {
+            greeted += 1;
+        } else {
+            assert_eq!(
+                r,
+                "421 4.7.0 Too many connections per minute from your address, try again later\r\n"
+            );
+        }
+    }
+    assert_eq!(greeted, 3);
+}
