@@ -79,6 +79,8 @@ role = "smtp"
 connections_per_ip = 1000
 [dns]
 servers = ["127.0.0.1:9"]
+[authentication]
+verify = false
 [log]
 level = "warn"
 CF

@@ -49,7 +49,7 @@ class Server:
             f.write('hostname = "%s.crash.test"\ndomains = %s\n'
                     '[[listeners]]\naddress = "127.0.0.1:%d"\nrole = "smtp"\n'
                     '[[listeners]]\naddress = "127.0.0.1:%d"\nrole = "submission"\n'
-                    '[limits]\nconnections_per_ip = 1000\n[dns]\nservers = ["127.0.0.1:9"]\n'
+                    '[limits]\nconnections_per_ip = 1000\n[dns]\nservers = ["127.0.0.1:9"]\n[authentication]\nverify = false\n'
                     '[log]\nlevel = "warn"\n%s' % (name, domains, self.port, self.submission, tables))
         self.proc = None
 

@@ -50,7 +50,7 @@ async def main():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
     with open(os.path.join(d, "k.toml"), "w") as f:
         f.write('[[listeners]]\naddress = "127.0.0.1:%d"\nrole = "smtp"\n[limits]\nconnections = %d\n'
-                'connections_per_ip = %d\ncommand_timeout = "10m"\n[dns]\nservers = ["127.0.0.1:9"]\n'
+                'connections_per_ip = %d\ncommand_timeout = "10m"\n[dns]\nservers = ["127.0.0.1:9"]\n[authentication]\nverify = false\n'
                 '[log]\nlevel = "warn"\n' % (port, N + 100, N + 100))
     proc = subprocess.Popen(["sh", "-c", 'ulimit -n $(ulimit -Hn); exec "$0" "$@"', BIN, "serve",
                              "--config", os.path.join(d, "k.toml"), "--data-dir", os.path.join(d, "data")],

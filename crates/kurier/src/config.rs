@@ -82,6 +82,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// DNS resolution (outbound delivery and DNSBL lookups).
     pub dns: DnsConfig,
+    /// Sender authentication (SPF, DKIM, DMARC) of incoming mail on the `smtp` role.
+    pub authentication: AuthenticationConfig,
     /// DNS blocklists checked for each client of the `smtp` role.
     pub dnsbl: DnsblConfig,
     /// Greylisting of unknown (client network, sender, recipient) triplets on the `smtp` role.
@@ -206,6 +208,22 @@ pub struct DeliveryConfig {
 pub struct DnsConfig {
     /// Name servers ("IP" or "IP:port"). Empty: the system's /etc/resolv.conf.
     pub servers: Vec<String>,
+}
+
+/// Sender authentication settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthenticationConfig {
+    /// Evaluate SPF, DKIM and DMARC for unauthenticated mail on the `smtp` role, add
+    /// Authentication-Results, and refuse DMARC p=reject failures (550 5.7.1). A temporary
+    /// DNS failure defers the message (451 4.7.0).
+    pub verify: bool,
+}
+
+impl Default for AuthenticationConfig {
+    fn default() -> Self {
+        AuthenticationConfig { verify: true }
+    }
 }
 
 /// DNSBL settings (RFC 5782).
@@ -370,6 +388,7 @@ impl Default for Config {
             senders: BTreeMap::new(),
             delivery: DeliveryConfig::default(),
             dns: DnsConfig::default(),
+            authentication: AuthenticationConfig::default(),
             dnsbl: DnsblConfig::default(),
             greylisting: GreylistConfig::default(),
             routes: Vec::new(),

@@ -242,7 +242,8 @@ async fn run(
                     {
                         client_name = handle.await.ok().flatten();
                     }
-                    let result = inbound::commit(ctx, peer, client_name.as_deref(), *message).await;
+                    let result =
+                        inbound::commit(ctx, peer, client_name.as_deref(), role, *message).await;
                     if result.is_err() {
                         summary.messages -= 1;
                     }

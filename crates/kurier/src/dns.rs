@@ -208,6 +208,11 @@ impl MxResolver {
 }
 
 impl MxResolver {
+    /// The underlying resolver (shared with SPF/DKIM/DMARC evaluation).
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
     /// The client's forward-confirmed reverse DNS name: a PTR name whose addresses include
     /// `ip` (for the Received header, RFC 5321 §4.4 TCP-info). `None` when there is none.
     pub async fn confirmed_name(&self, ip: std::net::IpAddr) -> Option<String> {

@@ -147,6 +147,7 @@ pub async fn commit(
     ctx: &Arc<Context>,
     peer: SocketAddr,
     peer_name: Option<&str>,
+    role: kurier_smtp::Role,
     message: Message,
 ) -> Result<String, Reply> {
     if let Some(user) = &message.auth_user {
@@ -188,9 +189,32 @@ pub async fn commit(
         date: &now.to_rfc2822(),
     }
     .to_header();
-    let mut body = Vec::with_capacity(header.len() + message.body.len());
+    // RFC 8601 §5: nobody else may speak for this authserv-id.
+    let received_body = crate::sender_auth::strip_forged(&message.body, &ctx.config.hostname);
+    let mut auth_results = String::new();
+    if ctx.config.authentication.verify
+        && role == kurier_smtp::Role::Smtp
+        && message.auth_user.is_none()
+    {
+        let evaluation = crate::sender_auth::evaluate(
+            &ctx.resolver,
+            &ctx.config.hostname,
+            peer.ip(),
+            &message.helo,
+            &message.from,
+            &received_body,
+        )
+        .await;
+        if let Some(reply) = evaluation.refusal {
+            tracing::info!(from = %message.from, client = %peer.ip(), reply = %reply, "message refused by sender authentication");
+            return Err(reply);
+        }
+        auth_results = evaluation.header;
+    }
+    let mut body = Vec::with_capacity(header.len() + auth_results.len() + received_body.len());
     body.extend_from_slice(header.as_bytes());
-    body.extend_from_slice(&message.body);
+    body.extend_from_slice(auth_results.as_bytes());
+    body.extend_from_slice(&received_body);
     let envelope = Envelope {
         id: id.clone(),
         received_at: u64::try_from(now.timestamp()).unwrap_or(0),

@@ -17,6 +17,7 @@
 //! - [`maildir`]: Maildir writing with fsync.
 //! - [`stream`]: a connection in plaintext or TLS.
 //! - [`dnsbl`], [`greylist`], [`throttle`]: abuse defences (blocklists, greylisting, AUTH failures).
+//! - [`sender_auth`]: SPF, DKIM and DMARC of incoming mail, Authentication-Results.
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
 //! - [`privilege`]: switching to an unprivileged user after binding.
 
@@ -35,6 +36,7 @@ pub mod maildir;
 pub mod outbound;
 pub mod privilege;
 pub mod queue;
+pub mod sender_auth;
 pub mod server;
 pub mod stream;
 pub mod throttle;

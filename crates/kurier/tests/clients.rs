@@ -229,7 +229,8 @@ fn smtp_role_refuses_relay_and_unknown_users() {
 
 #[test]
 fn authenticated_users_may_relay() {
-    let s = TestServer::default();
+    // A DNS server that never answers: the remote domain fails temporarily.
+    let s = TestServer::start("", "[dns]\nservers = [\"127.0.0.1:9\"]\n");
     s.add_user("alice@localhost");
     let out = run_ok(swaks(s.submission).args([
         "--tls",

@@ -186,3 +186,126 @@ fn rate_limits_per_address_and_reverse_dns_in_received() {
     }
     assert_eq!(greeted, 3);
 }
+
+/// Makes a DKIM key with dkimpy's dknewkey; returns (private key file, DNS TXT record).
+fn dkim_key(dir: &std::path::Path, name: &str, ktype: &str) -> (std::path::PathBuf, String) {
+    run_ok(
+        Command::new("/usr/bin/dknewkey")
+            .current_dir(dir)
+            .args(["--ktype", ktype, name]),
+    );
+    let record = std::fs::read_to_string(dir.join(format!("{name}.dns"))).unwrap();
+    (dir.join(format!("{name}.key")), record.trim().to_string())
+}
+
+/// Signs a message with dkimpy's dkimsign (an independent DKIM implementation).
+fn dkim_sign(
+    message: &[u8],
+    selector: &str,
+    domain: &str,
+    key: &std::path::Path,
+    alg: &str,
+) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = Command::new("/usr/bin/dkimsign")
+        .args([selector, domain, key.to_str().unwrap(), "--signalg", alg])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+fn send_raw(port: u16, from: &str, to: &str, message: &[u8]) -> String {
+    let mut w = Wire::greeted(port);
+    assert!(w.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250 "));
+    assert!(w.cmd(&format!("RCPT TO:<{to}>")).starts_with("250 "));
+    assert!(w.cmd("DATA").starts_with("354 "));
+    w.send(&kurier_smtp::data::dot_stuff(message));
+    w.reply()
+}
+
+#[test]
+fn spf_dkim_dmarc_evaluation() {
+    let keys = tempfile::tempdir().unwrap();
+    let (rsa_key, rsa_record) = dkim_key(keys.path(), "rsa", "rsa");
+    let (ed_key, ed_record) = dkim_key(keys.path(), "ed", "ed25519");
+    let dns = TestDns::start(vec![
+        // bank.test: SPF allows only 192.0.2.1; DMARC p=reject.
+        ("bank.test", Rr::Txt("v=spf1 ip4:192.0.2.1 -all".into())),
+        ("_dmarc.bank.test", Rr::Txt("v=DMARC1; p=reject".into())),
+        // good.test: SPF fails for us too, but its DKIM signatures align, so DMARC passes.
+        ("good.test", Rr::Txt("v=spf1 -all".into())),
+        ("_dmarc.good.test", Rr::Txt("v=DMARC1; p=reject".into())),
+        ("rsa._domainkey.good.test", Rr::Txt(rsa_record)),
+        ("ed._domainkey.good.test", Rr::Txt(ed_record)),
+        // open.test: SPF allows loopback; no DMARC record.
+        ("open.test", Rr::Txt("v=spf1 ip4:127.0.0.0/8 -all".into())),
+    ]);
+    let s = TestServer::start("", &dns.config());
+    // A spoof of a p=reject domain is refused after DATA.
+    let spoof = b"From: CEO <ceo@bank.test>\r\nTo: postmaster@localhost\r\nSubject: urgent wire\r\n\r\npay now\r\n";
+    let r = send_raw(s.smtp, "ceo@bank.test", "postmaster@localhost", spoof);
+    assert_eq!(
+        r,
+        "550 5.7.1 Message rejected: it fails the DMARC policy (p=reject) of bank.test\r\n"
+    );
+    // Signed with RSA and Ed25519 (RFC 8463) by dkimpy: both verify, DMARC passes.
+    let message = b"From: News <news@good.test>\r\nTo: postmaster@localhost\r\nSubject: signed\r\nAuthentication-Results: mx.kurier.test; dkim=pass (forged)\r\n\r\nHello, verified world.\r\n";
+    let signed = dkim_sign(message, "rsa", "good.test", &rsa_key, "rsa-sha256");
+    let signed = dkim_sign(&signed, "ed", "good.test", &ed_key, "ed25519-sha256");
+    let r = send_raw(s.smtp, "news@good.test", "postmaster@localhost", &signed);
+    assert!(r.starts_with("250 "), "{r}\n{}", s.log());
+    // Plain SPF pass without DMARC.
+    let r = send_raw(
+        s.smtp,
+        "a@open.test",
+        "postmaster@localhost",
+        b"From: a@open.test\r\nSubject: spf\r\n\r\nx\r\n",
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    let mail = s.wait_for_mail("localhost", "postmaster", 2);
+    let all: Vec<String> = mail
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).to_string())
+        .collect();
+    let signed_mail = all.iter().find(|m| m.contains("Subject: signed")).unwrap();
+    let (_, trace, rest) = split_delivered(signed_mail.as_bytes());
+    assert!(
+        trace.contains("Authentication-Results: mx.kurier.test;"),
+        "{trace}"
+    );
+    assert_eq!(trace.matches("dkim=pass").count(), 2, "{trace}");
+    assert!(
+        trace.contains("header.i=@good.test header.s=rsa") && trace.contains("header.s=ed"),
+        "{trace}"
+    );
+    assert!(trace.contains("spf=fail"), "{trace}");
+    assert!(trace.contains("dmarc=pass"), "{trace}");
+    // The forged field claiming our name is gone; the message is otherwise intact.
+    assert!(!String::from_utf8_lossy(&rest).contains("(forged)"));
+    assert!(String::from_utf8_lossy(&rest).contains("Hello, verified world."));
+    let spf_mail = all.iter().find(|m| m.contains("Subject: spf")).unwrap();
+    assert!(spf_mail.contains("spf=pass"), "{spf_mail}");
+    assert!(spf_mail.contains("dmarc=none"), "{spf_mail}");
+}
+
+#[test]
+fn dns_failure_defers_instead_of_passing() {
+    // A DNS server that never answers: the checks cannot be made, so the message waits.
+    let s = TestServer::start("", "[dns]\nservers = [\"127.0.0.1:9\"]\n");
+    let r = send_raw(
+        s.smtp,
+        "a@remote.test",
+        "postmaster@localhost",
+        b"Subject: x\r\n\r\nx\r\n",
+    );
+    assert_eq!(
+        r,
+        "451 4.7.0 Temporary DNS failure while checking the sender (SPF/DKIM/DMARC), try again later\r\n"
+    );
+    assert!(!s.maildir("localhost", "postmaster").join("new").exists());
+}

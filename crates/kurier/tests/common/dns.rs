@@ -63,7 +63,13 @@ impl TestDns {
                 }
                 Rr::A(ip) => RData::A(A(ip)),
                 Rr::Aaaa(ip) => RData::AAAA(AAAA(ip)),
-                Rr::Txt(t) => RData::TXT(TXT::new(vec![t])),
+                // A DNS character-string holds 255 octets: long records are split.
+                Rr::Txt(t) => RData::TXT(TXT::new(
+                    t.as_bytes()
+                        .chunks(255)
+                        .map(|c| String::from_utf8_lossy(c).into_owned())
+                        .collect(),
+                )),
             };
             zone.upsert_mut(Record::from_rdata(owner, 5, data), 1);
         }

@@ -24,6 +24,8 @@ pub struct TestServer {
     child: Option<Child>,
     top: String,
     tables: String,
+    /// A DNS server of its own (an empty zone) unless the test brings one.
+    own_dns: Option<dns::TestDns>,
 }
 
 fn free_port() -> u16 {
@@ -54,6 +56,7 @@ impl TestServer {
             child: None,
             top: top.to_string(),
             tables: tables.to_string(),
+            own_dns: (!tables.contains("[dns]")).then(|| dns::TestDns::start(vec![])),
         };
         s.write_config();
         s
@@ -96,13 +99,12 @@ impl TestServer {
             defaults.push_str("domains = [\"localhost\", \"kurier.test\"]\n");
         }
         // Tests never reach the machine's resolver (or any non-loopback address): without a
-        // test DNS server, lookups go to a loopback port where nothing answers (temporary
-        // failure, mail stays queued).
-        let dns = if self.tables.contains("[dns]") {
-            ""
-        } else {
-            "[dns]\nservers = [\"127.0.0.1:9\"]\n"
-        };
+        // test DNS server of its own, each server gets an empty zone on loopback.
+        let dns = self
+            .own_dns
+            .as_ref()
+            .map(|d| d.config())
+            .unwrap_or_default();
         let text = format!(
             "{defaults}{top}\n\
              [[listeners]]\naddress = \"{}:{}\"\nrole = \"smtp\"\n\
@@ -272,11 +274,11 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(pid, sig).unwrap();
 }
 
-/// Splits a delivered Maildir file into (Return-Path and Delivered-To lines, Received header,
-/// the rest). The rest must equal the sent message byte for byte (with LF line ends).
+/// Splits a delivered Maildir file into (Return-Path and Delivered-To lines, the trace
+/// headers this server added: Received and, for checked mail, Authentication-Results, the
+/// rest). The rest must equal the sent message byte for byte (with LF line ends).
 pub fn split_delivered(file: &[u8]) -> (String, String, Vec<u8>) {
-    let text = file;
-    let mut lines = text.split_inclusive(|&b| b == b'\n');
+    let mut lines = file.split_inclusive(|&b| b == b'\n');
     let mut trace = String::new();
     for _ in 0..2 {
         trace.push_str(std::str::from_utf8(lines.next().unwrap()).unwrap());
@@ -285,9 +287,11 @@ pub fn split_delivered(file: &[u8]) -> (String, String, Vec<u8>) {
     let mut consumed = trace.len();
     for line in lines {
         let l = std::str::from_utf8(line).unwrap_or("");
-        if received.is_empty() && l.starts_with("Received: ")
-            || !received.is_empty() && l.starts_with('\t')
-        {
+        let starts_ours = received.is_empty() && l.starts_with("Received: ")
+            || received.starts_with("Received: ")
+                && !received.contains("Authentication-Results: ")
+                && l.starts_with("Authentication-Results: ");
+        if starts_ours || !received.is_empty() && l.starts_with('\t') {
             received.push_str(l);
             consumed += line.len();
         } else {

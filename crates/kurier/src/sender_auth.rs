@@ -1,0 +1,185 @@
+//! Sender authentication of incoming mail: SPF (RFC 7208), DKIM (RFC 6376, RFC 8463) and
+//! DMARC (RFC 7489), evaluated with the `mail-auth` crate, recorded in one
+//! `Authentication-Results` header (RFC 8601), and enforced for DMARC `p=reject`.
+//!
+//! Headers that claim our authserv-id are removed first (RFC 8601 §5): only this server may
+//! speak in its own name. A temporary DNS failure defers the message (451); it never passes
+//! as if nothing had been checked.
+
+use std::net::IpAddr;
+
+use kurier_smtp::{Reply, ReversePath, codes};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dmarc::Policy;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DmarcResult, MessageAuthenticator, SpfResult,
+};
+
+use crate::dns::MxResolver;
+
+/// What the evaluation decided.
+pub struct Evaluation {
+    /// The Authentication-Results header field, CRLF-terminated.
+    pub header: String,
+    /// The refusal, when the message must not be accepted.
+    pub refusal: Option<Reply>,
+}
+
+/// How long the whole evaluation may take; past it, the message is deferred (451).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Evaluates SPF, DKIM and DMARC for a message received from `ip`, within [`DEADLINE`].
+pub async fn evaluate(
+    resolver: &MxResolver,
+    hostname: &str,
+    ip: IpAddr,
+    helo: &str,
+    from: &ReversePath,
+    body: &[u8],
+) -> Evaluation {
+    match tokio::time::timeout(
+        DEADLINE,
+        evaluate_now(resolver, hostname, ip, helo, from, body),
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(_) => Evaluation {
+            header: String::new(),
+            refusal: Some(temporary_failure()),
+        },
+    }
+}
+
+fn temporary_failure() -> Reply {
+    Reply::new(
+        451,
+        codes::SECURITY_TEMP,
+        "Temporary DNS failure while checking the sender (SPF/DKIM/DMARC), try again later",
+    )
+}
+
+async fn evaluate_now(
+    resolver: &MxResolver,
+    hostname: &str,
+    ip: IpAddr,
+    helo: &str,
+    from: &ReversePath,
+    body: &[u8],
+) -> Evaluation {
+    let auth = MessageAuthenticator(resolver.resolver().clone());
+    let sender = from.mailbox().map(|m| m.to_string()).unwrap_or_default();
+    let spf = if sender.is_empty() {
+        // RFC 7208 §2.4: for the null sender, the HELO identity is checked.
+        auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_ehlo(
+            ip, helo, hostname,
+        ))
+        .await
+    } else {
+        auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
+            ip, helo, hostname, &sender,
+        ))
+        .await
+    };
+    let Some(message) = AuthenticatedMessage::parse(body) else {
+        let header = AuthenticationResults::new(hostname)
+            .with_spf_mailfrom_result(&spf, ip, &sender, helo)
+            .to_header();
+        return Evaluation {
+            header,
+            refusal: None,
+        };
+    };
+    let dkim = auth.verify_dkim(&message).await;
+    let mail_from_domain = match sender.rsplit_once('@') {
+        Some((_, d)) => d.to_string(),
+        None => helo.to_string(),
+    };
+    let dmarc = auth
+        .verify_dmarc(mail_auth::dmarc::verify::DmarcParameters::new(
+            &message,
+            &dkim,
+            &mail_from_domain,
+            &spf,
+        ))
+        .await;
+    let header = AuthenticationResults::new(hostname)
+        .with_dkim_results(&dkim, message.from())
+        .with_spf_mailfrom_result(&spf, ip, &sender, helo)
+        .with_dmarc_result(&dmarc)
+        .to_header();
+    // DMARC's overall result: a pass of either aligned identifier passes (RFC 7489 §4.2).
+    let dmarc_result = dmarc.result();
+    let temporary = matches!(spf.result(), SpfResult::TempError)
+        || matches!(dmarc_result, DmarcResult::TempError(_));
+    let refusal =
+        if matches!(dmarc_result, DmarcResult::Fail(_)) && dmarc.policy() == Policy::Reject {
+            Some(Reply::new(
+                550,
+                codes::NOT_AUTHORIZED,
+                format!(
+                    "Message rejected: it fails the DMARC policy (p=reject) of {}",
+                    dmarc.domain()
+                ),
+            ))
+        } else if temporary {
+            Some(temporary_failure())
+        } else {
+            None
+        };
+    Evaluation { header, refusal }
+}
+
+/// Removes `Authentication-Results` fields that claim `authserv_id` (RFC 8601 §5) from the
+/// header section of `message` (CRLF line ends). Other fields and the body are untouched.
+pub fn strip_forged(message: &[u8], authserv_id: &str) -> Vec<u8> {
+    let header_end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |i| i + 2);
+    let (headers, rest) = message.split_at(header_end);
+    let mut out = Vec::with_capacity(message.len());
+    let mut dropping = false;
+    for line in headers.split_inclusive(|&b| b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            dropping = claims(line, authserv_id);
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+fn claims(line: &[u8], authserv_id: &str) -> bool {
+    let text = String::from_utf8_lossy(line);
+    let Some((name, value)) = text.split_once(':') else {
+        return false;
+    };
+    if !name.trim().eq_ignore_ascii_case("authentication-results") {
+        return false;
+    }
+    let id = value
+        .trim_start()
+        .split([';', ' ', '\t', '\r'])
+        .next()
+        .unwrap_or_default();
+    id.eq_ignore_ascii_case(authserv_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_results_with_our_id_are_removed() {
+        let m = b"Authentication-Results: mx.test;\r\n\tdkim=pass\r\nAuthentication-Results: other.test; spf=pass\r\nAUTHENTICATION-RESULTS:  MX.TEST; dmarc=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.test; in the body stays\r\n";
+        let out = String::from_utf8(strip_forged(m, "mx.test")).unwrap_or_default();
+        assert_eq!(
+            out,
+            "Authentication-Results: other.test; spf=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.test; in the body stays\r\n"
+        );
+    }
+}
