@@ -95,6 +95,8 @@ pub struct Setup {
     pub config: Arc<Config>,
     /// Outbound SMTP.
     pub outbound: Arc<Outbound>,
+    /// DKIM keys (DSNs are signed as the host name's domain when it has one).
+    pub signers: Arc<crate::dkim::Signers>,
     /// Messages found in the spool at startup.
     pub recovered: Vec<Envelope>,
 }
@@ -105,6 +107,7 @@ pub struct Engine {
     directory: Arc<Directory>,
     config: Arc<Config>,
     outbound: Arc<Outbound>,
+    signers: Arc<crate::dkim::Signers>,
     retries: Mutex<BTreeMap<u64, Vec<QueueId>>>,
     locks: Mutex<HashMap<QueueId, Arc<tokio::sync::Mutex<()>>>>,
     enabled: bool,
@@ -118,6 +121,7 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
         directory,
         config,
         outbound,
+        signers,
         recovered,
     } = setup;
     let enabled = config.delivery.enabled;
@@ -127,6 +131,7 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
         directory,
         config,
         outbound,
+        signers,
         retries: Mutex::new(BTreeMap::new()),
         locks: Mutex::new(HashMap::new()),
         enabled,
@@ -631,6 +636,8 @@ impl Engine {
             headers_only: env.ret.as_deref() == Some("HDRS"),
             utf8: env.smtputf8,
         });
+        let signature = self.signers.sign(&self.config.hostname, &report);
+        let report = [signature.as_bytes(), &report].concat();
         let local = self.directory.is_local_domain(to.domain());
         let dsn_env = Envelope {
             id: id.clone(),

@@ -211,9 +211,25 @@ pub async fn commit(
         }
         auth_results = evaluation.header;
     }
-    let mut body = Vec::with_capacity(header.len() + auth_results.len() + received_body.len());
+    // Submissions are signed as their From: domain when it has a DKIM key.
+    let mut signatures = String::new();
+    if message.auth_user.is_some() {
+        let domain = from_domain(&received_body)
+            .or_else(|| message.from.mailbox().map(|m| m.domain().to_string()));
+        if let Some(domain) = domain {
+            let local = kurier_smtp::Domain::parse(&domain)
+                .is_ok_and(|d| ctx.directory.is_local_domain(&d));
+            if local && ctx.signers.has(&domain) {
+                signatures = ctx.signers.sign(&domain, &received_body);
+            }
+        }
+    }
+    let mut body = Vec::with_capacity(
+        header.len() + auth_results.len() + signatures.len() + received_body.len(),
+    );
     body.extend_from_slice(header.as_bytes());
     body.extend_from_slice(auth_results.as_bytes());
+    body.extend_from_slice(signatures.as_bytes());
     body.extend_from_slice(&received_body);
     let envelope = Envelope {
         id: id.clone(),
@@ -324,4 +340,11 @@ fn log_accepted(message: &Message, envelope: &Envelope, peer: SocketAddr, outcom
         outcome,
         "message accepted"
     );
+}
+
+/// The domain of the (first) From: address, lower case.
+fn from_domain(body: &[u8]) -> Option<String> {
+    let message = mail_parser::MessageParser::new().parse_headers(body)?;
+    let address = message.from()?.first()?.address()?;
+    Some(address.rsplit_once('@')?.1.to_ascii_lowercase())
 }

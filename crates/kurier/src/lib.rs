@@ -17,6 +17,7 @@
 //! - [`maildir`]: Maildir writing with fsync.
 //! - [`stream`]: a connection in plaintext or TLS.
 //! - [`dnsbl`], [`greylist`], [`throttle`]: abuse defences (blocklists, greylisting, AUTH failures).
+//! - [`dkim`]: DKIM keys and signing of mail from local domains.
 //! - [`sender_auth`]: SPF, DKIM and DMARC of incoming mail, Authentication-Results.
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
 //! - [`privilege`]: switching to an unprivileged user after binding.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod connection;
 pub mod delivery;
 pub mod directory;
+pub mod dkim;
 pub mod dns;
 pub mod dnsbl;
 pub mod dsn;

@@ -37,6 +37,25 @@ enum Command {
     /// Inspect and manage the mail queue (works while the server runs).
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// DKIM signing keys.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Generate a signing key for a local domain and print the DNS record to publish.
+    /// The server loads keys when it starts.
+    Generate {
+        /// The domain (one of `domains`).
+        domain: String,
+        /// The selector (the DNS name is SELECTOR._domainkey.DOMAIN).
+        #[arg(long, default_value = "kurier")]
+        selector: String,
+        /// Key algorithm. RFC 8463 recommends both: generate one of each with two selectors.
+        #[arg(long, value_enum, default_value = "rsa")]
+        algorithm: kurier::dkim::Algorithm,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +197,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(cmd) => {
             let (_, data_dir) = load_config(&cli)?;
             queue(cmd, &data_dir)
+        }
+        Command::Dkim(DkimCmd::Generate {
+            domain,
+            selector,
+            algorithm,
+        }) => {
+            let (config, data_dir) = load_config(&cli)?;
+            let local = kurier_smtp::Domain::parse(domain)
+                .is_ok_and(|d| config.local_domains().contains(&d));
+            if !local {
+                bail!(
+                    "{domain} is not a local domain (local domains: {})",
+                    config.domains.join(", ")
+                );
+            }
+            let (path, record) = kurier::dkim::generate(&data_dir, domain, selector, *algorithm)?;
+            println!("key written to {}", path.display());
+            println!("publish this DNS record, then restart kurier:");
+            println!("{record}");
+            Ok(())
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", Config::default_toml());

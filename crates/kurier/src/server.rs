@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::connection::{self, Shutdown};
 use crate::delivery::{self, DeliveryHandle};
 use crate::directory::Directory;
+use crate::dkim::Signers;
 use crate::dns::MxResolver;
 use crate::greylist::Greylist;
 use crate::outbound::Outbound;
@@ -93,6 +94,8 @@ pub struct Context {
     pub auth_throttle: AuthThrottle,
     /// Messages per minute per client address.
     pub message_rate: RateLimit,
+    /// DKIM keys of the local domains.
+    pub signers: Arc<Signers>,
 }
 
 /// Counts connections in total and per client address (RFC 5321 §4.5.3.2 lets a server
@@ -217,12 +220,14 @@ pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
     let abort = CancellationToken::new();
     let workers = TaskTracker::new();
     let outbound = Arc::new(Outbound::new(&config).map_err(StartError::Outbound)?);
+    let signers = Arc::new(Signers::load(&data_dir));
     let delivery = delivery::start(
         delivery::Setup {
             spool: spool.clone(),
             directory: directory.clone(),
             config: config.clone(),
             outbound,
+            signers: signers.clone(),
             recovered: recovery.queued,
         },
         stop.clone(),
@@ -283,6 +288,7 @@ pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
         greylist,
         auth_throttle,
         message_rate: RateLimit::per_minute(config.limits.messages_per_minute),
+        signers,
     });
     let limiter = Arc::new(Limiter {
         total: config.limits.connections,

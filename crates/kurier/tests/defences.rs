@@ -309,3 +309,120 @@ fn dns_failure_defers_instead_of_passing() {
     );
     assert!(!s.maildir("localhost", "postmaster").join("new").exists());
 }
+
+/// Mail submitted by a local user is DKIM-signed with every key of its domain (RSA and
+/// Ed25519), and dkimpy verifies both signatures.
+#[test]
+fn submissions_are_dkim_signed_and_verify_with_dkimpy() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("dk.test", Rr::Mx(10, "mx.dk.test".into())),
+        ("mx.dk.test", Rr::A(ip)),
+    ]);
+    let mut s = TestServer::configured("", &dns.config());
+    let mut records = Vec::new();
+    for (selector, alg) in [("rsa1", "rsa"), ("ed1", "ed25519")] {
+        let out = s.cli(&[
+            "dkim",
+            "generate",
+            "localhost",
+            "--selector",
+            selector,
+            "--algorithm",
+            alg,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = text
+            .lines()
+            .find(|l| l.contains("._domainkey."))
+            .unwrap()
+            .to_string();
+        assert!(
+            line.starts_with(&format!(
+                "{selector}._domainkey.localhost. IN TXT \"v=DKIM1; k={alg}; p="
+            )),
+            "{line}"
+        );
+        // The TXT data: the quoted strings joined.
+        let value: String = line.split('"').skip(1).step_by(2).collect();
+        records.push((format!("{selector}._domainkey.localhost."), value));
+    }
+    let refused = s.cli(&["dkim", "generate", "elsewhere.test"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a local domain"));
+    s.spawn();
+    s.add_user("alice@localhost");
+    let receiver = std::process::Command::new("/usr/bin/python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/receiver.py"
+        ))
+        .args([&ip.to_string(), "25"])
+        .arg(s.dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    let mut receiver = receiver.unwrap();
+    wait_listening(std::net::SocketAddr::new(ip.into(), 25));
+    let out = run_ok(Command::new("swaks").args([
+        "--server",
+        &format!("127.0.0.1:{}", s.submission),
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice@localhost",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "alice@localhost",
+        "--to",
+        "bob@dk.test",
+        "--timeout",
+        "20",
+        "--header",
+        "Subject: signed by kurier",
+    ]));
+    assert!(out.contains("250 2.0.0 Ok"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let eml = loop {
+        let found = list(s.dir.path())
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "eml"));
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "nothing relayed\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let script = r#"
+import dkim, json, sys
+records = json.loads(sys.argv[2])
+msg = open(sys.argv[1], "rb").read()
+def dnsfunc(name, timeout=5):
+    return records[name.decode() if isinstance(name, bytes) else name].encode()
+d = dkim.DKIM(msg)
+sigs = [l for l in msg.split(b"\r\n") if l.lower().startswith(b"dkim-signature:")]
+print(len(sigs), [d.verify(idx=i, dnsfunc=dnsfunc) for i in range(len(sigs))])
+"#;
+    let records_json = format!(
+        "{{{}}}",
+        records
+            .iter()
+            .map(|(n, v)| format!("\"{n}\": \"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let out = run_ok(Command::new("/usr/bin/python3").args([
+        "-c",
+        script,
+        eml.to_str().unwrap(),
+        &records_json,
+    ]));
+    assert_eq!(out.trim(), "2 [True, True]", "{out}");
+}

@@ -1,0 +1,276 @@
+//! DKIM signing of mail from local domains (RFC 6376), with RSA-SHA256 and Ed25519-SHA256
+//! (RFC 8463; both when both keys exist, as that RFC recommends).
+//!
+//! Keys live in `<data_dir>/dkim/<domain>/<selector>.<rsa|ed25519>.key` (PKCS#8 PEM, mode
+//! 0600). `kurier dkim generate` makes one and prints the TXT record to publish.
+//! Signatures use relaxed header and simple body canonicalization.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+use aws_lc_rs::signature::KeyPair as _;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use rustls_pki_types::pem::PemObject;
+use thiserror::Error;
+
+/// DKIM key problems.
+#[derive(Debug, Error)]
+pub enum DkimError {
+    /// File access.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Key generation or parsing.
+    #[error("DKIM key: {0}")]
+    Key(String),
+    /// Bad domain or selector.
+    #[error("{0}")]
+    Name(String),
+}
+
+/// Key algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Algorithm {
+    /// Ed25519-SHA256 (RFC 8463).
+    Ed25519,
+    /// RSA-SHA256, 2048 bits.
+    Rsa,
+}
+
+impl Algorithm {
+    fn name(self) -> &'static str {
+        match self {
+            Algorithm::Ed25519 => "ed25519",
+            Algorithm::Rsa => "rsa",
+        }
+    }
+}
+
+fn key_dir(data_dir: &Path, domain: &str) -> PathBuf {
+    data_dir.join("dkim").join(domain)
+}
+
+fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// Generates a key for `domain` and returns (key file, TXT record line to publish).
+pub fn generate(
+    data_dir: &Path,
+    domain: &str,
+    selector: &str,
+    alg: Algorithm,
+) -> Result<(PathBuf, String), DkimError> {
+    let domain = domain.to_ascii_lowercase();
+    if !valid_label(&domain) || !valid_label(selector) || selector.contains('.') {
+        return Err(DkimError::Name(format!(
+            "bad domain {domain:?} or selector {selector:?}"
+        )));
+    }
+    let key_err = |e: String| DkimError::Key(e);
+    let (pkcs8, public) = match alg {
+        Algorithm::Ed25519 => {
+            let pkcs8 = Ed25519Key::generate_pkcs8().map_err(|e| key_err(e.to_string()))?;
+            let key = Ed25519Key::from_pkcs8_der(&pkcs8).map_err(|e| key_err(e.to_string()))?;
+            // RFC 8463 §4.2: p= is the raw 32-byte public key.
+            (pkcs8, key.public_key())
+        }
+        Algorithm::Rsa => {
+            let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                .map_err(|e| key_err(e.to_string()))?;
+            let pkcs8: Pkcs8V1Der<'static> = kp.as_der().map_err(|e| key_err(e.to_string()))?;
+            let spki: PublicKeyX509Der<'static> = kp
+                .public_key()
+                .as_der()
+                .map_err(|e| key_err(e.to_string()))?;
+            (pkcs8.as_ref().to_vec(), spki.as_ref().to_vec())
+        }
+    };
+    let dir = key_dir(data_dir, &domain);
+    let path = dir.join(format!("{selector}.{}.key", alg.name()));
+    let file_err = |e: std::io::Error| DkimError::File {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    fs::create_dir_all(&dir).map_err(file_err)?;
+    if path.exists() {
+        return Err(DkimError::Name(format!(
+            "{} exists already; choose another selector",
+            path.display()
+        )));
+    }
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        BASE64
+            .encode(&pkcs8)
+            .as_bytes()
+            .chunks(64)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(file_err)?;
+        f.write_all(pem.as_bytes()).map_err(file_err)?;
+        f.sync_all().map_err(file_err)?;
+    }
+    let value = format!("v=DKIM1; k={}; p={}", alg.name(), BASE64.encode(public));
+    // Zone files take long TXT data as several quoted strings of at most 255 characters.
+    let quoted: Vec<String> = value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    Ok((
+        path,
+        format!(
+            "{selector}._domainkey.{domain}. IN TXT {}",
+            quoted.join(" ")
+        ),
+    ))
+}
+
+/// A ready signer for one key (domain, selector, headers and canonicalization set).
+enum Signer {
+    Ed25519(DkimSigner<Ed25519Key, Done>),
+    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+}
+
+/// The signing keys of the local domains, loaded at startup.
+#[derive(Default)]
+pub struct Signers {
+    keys: HashMap<String, Vec<(String, Signer)>>,
+}
+
+/// Simple body canonicalization: relaxed body in the pinned mail-auth release mishandles
+/// trailing whitespace-only lines.
+macro_rules! signer {
+    ($key:expr, $domain:expr, $selector:expr) => {
+        DkimSigner::from_key($key)
+            .domain($domain)
+            .selector($selector)
+            .headers(SIGNED_HEADERS)
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Simple)
+    };
+}
+
+/// The header fields signed (RFC 6376 §5.4.1 recommendations).
+const SIGNED_HEADERS: [&str; 12] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+];
+
+impl Signers {
+    /// Loads every key under `<data_dir>/dkim/`; a bad key file is reported and skipped.
+    pub fn load(data_dir: &Path) -> Signers {
+        let mut keys: HashMap<String, Vec<(String, Signer)>> = HashMap::new();
+        let Ok(domains) = fs::read_dir(data_dir.join("dkim")) else {
+            return Signers::default();
+        };
+        for d in domains.flatten() {
+            let domain = d.file_name().to_string_lossy().to_ascii_lowercase();
+            let Ok(files) = fs::read_dir(d.path()) else {
+                continue;
+            };
+            let mut files: Vec<PathBuf> = files.flatten().map(|f| f.path()).collect();
+            files.sort();
+            for path in files {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let Some((selector, alg)) =
+                    name.strip_suffix(".key").and_then(|n| n.rsplit_once('.'))
+                else {
+                    continue;
+                };
+                let loaded = PrivatePkcs8KeyDer::from_pem_file(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|der| match alg {
+                        "ed25519" => Ed25519Key::from_pkcs8_der(der.secret_pkcs8_der())
+                            .map(|k| Signer::Ed25519(signer!(k, &domain, selector)))
+                            .map_err(|e| e.to_string()),
+                        "rsa" => RsaKey::<Sha256>::from_key_der(
+                            rustls_pki_types::PrivateKeyDer::Pkcs8(der),
+                        )
+                        .map(|k| Signer::Rsa(signer!(k, &domain, selector)))
+                        .map_err(|e| e.to_string()),
+                        other => Err(format!("unknown algorithm {other:?}")),
+                    });
+                match loaded {
+                    Ok(key) => {
+                        tracing::info!(domain = %domain, selector, alg, "DKIM key loaded");
+                        keys.entry(domain.clone())
+                            .or_default()
+                            .push((selector.to_string(), key));
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "cannot load DKIM key")
+                    }
+                }
+            }
+        }
+        Signers { keys }
+    }
+
+    /// True when `domain` has a key.
+    pub fn has(&self, domain: &str) -> bool {
+        self.keys.contains_key(&domain.to_ascii_lowercase())
+    }
+
+    /// The DKIM-Signature fields (CRLF-terminated) for `message` signed as `domain`; empty
+    /// when the domain has no key.
+    pub fn sign(&self, domain: &str, message: &[u8]) -> String {
+        let mut out = String::new();
+        for (selector, signer) in self
+            .keys
+            .get(&domain.to_ascii_lowercase())
+            .into_iter()
+            .flatten()
+        {
+            let signature = match signer {
+                Signer::Ed25519(s) => s.sign(message),
+                Signer::Rsa(s) => s.sign(message),
+            };
+            match signature {
+                Ok(s) => out.push_str(&s.to_header()),
+                Err(e) => {
+                    tracing::error!(domain, selector = %selector, error = %e, "DKIM signing failed")
+                }
+            }
+        }
+        out
+    }
+}
