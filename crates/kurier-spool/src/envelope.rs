@@ -220,6 +220,9 @@ pub struct Envelope {
     /// The delay warning was sent (once per message).
     #[serde(default)]
     pub delay_warned: bool,
+    /// Deliver into the recipients' Junk folder (DMARC p=quarantine).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub junk: bool,
 }
 
 impl Envelope {

@@ -350,6 +350,7 @@ mod tests {
             auth_user: None,
             hold: false,
             delay_warned: false,
+            junk: false,
         }
     }
 

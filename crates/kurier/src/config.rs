@@ -218,11 +218,17 @@ pub struct AuthenticationConfig {
     /// Authentication-Results, and refuse DMARC p=reject failures (550 5.7.1). A temporary
     /// DNS failure defers the message (451 4.7.0).
     pub verify: bool,
+    /// Refuse mail whose MAIL FROM domain's SPF record says "fail" (-all) for the client
+    /// (550 5.7.1). Off by default: DMARC decides, and forwarded mail often fails SPF.
+    pub reject_spf_fail: bool,
 }
 
 impl Default for AuthenticationConfig {
     fn default() -> Self {
-        AuthenticationConfig { verify: true }
+        AuthenticationConfig {
+            verify: true,
+            reject_spf_fail: false,
+        }
     }
 }
 

@@ -322,12 +322,13 @@ impl Engine {
                         }
                         // RFC 5321 §4.4: the final delivery adds Return-Path.
                         let headers = format!("Return-Path: {sender}\nDelivered-To: {t}\n");
-                        match maildir::deliver(
-                            &self.directory.maildir(t),
-                            &self.config.hostname,
-                            &headers,
-                            body,
-                        ) {
+                        // DMARC p=quarantine: the recipient's Junk folder (Maildir++ ".Junk").
+                        let folder = if env.junk {
+                            maildir::junk_folder(&self.directory.maildir(t))
+                        } else {
+                            self.directory.maildir(t)
+                        };
+                        match maildir::deliver(&folder, &self.config.hostname, &headers, body) {
                             Ok(p) => {
                                 tracing::info!(queue_id = %id, rcpt = %r.address, mailbox = %t, path = %p.display(), "delivered");
                                 paths.push(p.display().to_string());
@@ -654,6 +655,7 @@ impl Engine {
             auth_user: None,
             hold: false,
             delay_warned: false,
+            junk: false,
         };
         match self.spool.commit(&dsn_env, &report) {
             Ok(()) => {

@@ -192,24 +192,25 @@ pub async fn commit(
     // RFC 8601 §5: nobody else may speak for this authserv-id.
     let received_body = crate::sender_auth::strip_forged(&message.body, &ctx.config.hostname);
     let mut auth_results = String::new();
+    let mut quarantine = false;
     if ctx.config.authentication.verify
         && role == kurier_smtp::Role::Smtp
         && message.auth_user.is_none()
     {
-        let evaluation = crate::sender_auth::evaluate(
-            &ctx.resolver,
-            &ctx.config.hostname,
-            peer.ip(),
-            &message.helo,
-            &message.from,
-            &received_body,
-        )
-        .await;
+        let check = crate::sender_auth::Check {
+            hostname: &ctx.config.hostname,
+            ip: peer.ip(),
+            helo: &message.helo,
+            from: &message.from,
+            reject_spf_fail: ctx.config.authentication.reject_spf_fail,
+        };
+        let evaluation = crate::sender_auth::evaluate(&ctx.resolver, &check, &received_body).await;
         if let Some(reply) = evaluation.refusal {
             tracing::info!(from = %message.from, client = %peer.ip(), reply = %reply, "message refused by sender authentication");
             return Err(reply);
         }
         auth_results = evaluation.header;
+        quarantine = evaluation.quarantine;
     }
     // Submissions are signed as their From: domain when it has a DKIM key.
     let mut signatures = String::new();
@@ -253,6 +254,7 @@ pub async fn commit(
         auth_user: message.auth_user.clone(),
         hold: false,
         delay_warned: false,
+        junk: quarantine,
     };
     let body = Arc::new(body);
     // All recipients local: deliver into their Maildirs now, fsynced, and answer 250 without

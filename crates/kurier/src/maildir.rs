@@ -28,6 +28,16 @@ static CREATED: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::defau
 /// Cleared once O_TMPFILE turns out to be unsupported, to stop trying it.
 static TMPFILE_WORKS: AtomicBool = AtomicBool::new(true);
 
+/// The Maildir++ Junk folder of a mailbox (`<maildir>/.Junk`), created with its
+/// `maildirfolder` marker, as IMAP servers such as Dovecot expect.
+pub fn junk_folder(maildir: &Path) -> PathBuf {
+    let folder = maildir.join(".Junk");
+    if create(&folder).is_ok() {
+        let _ = File::create(folder.join("maildirfolder"));
+    }
+    folder
+}
+
 /// Creates `tmp/`, `new/` and `cur/` under `dir` if missing.
 pub fn create(dir: &Path) -> io::Result<()> {
     if CREATED

@@ -23,30 +23,35 @@ pub struct Evaluation {
     pub header: String,
     /// The refusal, when the message must not be accepted.
     pub refusal: Option<Reply>,
+    /// DMARC says quarantine: deliver to the Junk folder.
+    pub quarantine: bool,
 }
 
 /// How long the whole evaluation may take; past it, the message is deferred (451).
 const DEADLINE: std::time::Duration = std::time::Duration::from_secs(8);
 
-/// Evaluates SPF, DKIM and DMARC for a message received from `ip`, within [`DEADLINE`].
-pub async fn evaluate(
-    resolver: &MxResolver,
-    hostname: &str,
-    ip: IpAddr,
-    helo: &str,
-    from: &ReversePath,
-    body: &[u8],
-) -> Evaluation {
-    match tokio::time::timeout(
-        DEADLINE,
-        evaluate_now(resolver, hostname, ip, helo, from, body),
-    )
-    .await
-    {
+/// What is checked and how.
+pub struct Check<'a> {
+    /// Our host name (the authserv-id).
+    pub hostname: &'a str,
+    /// The client's address.
+    pub ip: IpAddr,
+    /// Its HELO name.
+    pub helo: &'a str,
+    /// MAIL FROM.
+    pub from: &'a ReversePath,
+    /// Refuse SPF "fail" results (550 5.7.1).
+    pub reject_spf_fail: bool,
+}
+
+/// Evaluates SPF, DKIM and DMARC for a message, within [`DEADLINE`].
+pub async fn evaluate(resolver: &MxResolver, check: &Check<'_>, body: &[u8]) -> Evaluation {
+    match tokio::time::timeout(DEADLINE, evaluate_now(resolver, check, body)).await {
         Ok(e) => e,
         Err(_) => Evaluation {
             header: String::new(),
             refusal: Some(temporary_failure()),
+            quarantine: false,
         },
     }
 }
@@ -59,75 +64,86 @@ fn temporary_failure() -> Reply {
     )
 }
 
-async fn evaluate_now(
-    resolver: &MxResolver,
-    hostname: &str,
-    ip: IpAddr,
-    helo: &str,
-    from: &ReversePath,
-    body: &[u8],
-) -> Evaluation {
+fn spf_refusal(domain: &str, ip: IpAddr) -> Reply {
+    Reply::new(
+        550,
+        codes::NOT_AUTHORIZED,
+        format!("SPF check failed: {domain} does not designate {ip} as permitted sender"),
+    )
+}
+
+async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Evaluation {
     let auth = MessageAuthenticator(resolver.resolver().clone());
-    let sender = from.mailbox().map(|m| m.to_string()).unwrap_or_default();
+    let sender = c.from.mailbox().map(|m| m.to_string()).unwrap_or_default();
     let spf = if sender.is_empty() {
         // RFC 7208 §2.4: for the null sender, the HELO identity is checked.
         auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_ehlo(
-            ip, helo, hostname,
+            c.ip, c.helo, c.hostname,
         ))
         .await
     } else {
         auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
-            ip, helo, hostname, &sender,
+            c.ip, c.helo, c.hostname, &sender,
         ))
         .await
     };
+    let spf_domain = sender
+        .rsplit_once('@')
+        .map_or(c.helo, |(_, d)| d)
+        .to_string();
+    let spf_failed = c.reject_spf_fail && spf.result() == SpfResult::Fail;
     let Some(message) = AuthenticatedMessage::parse(body) else {
-        let header = AuthenticationResults::new(hostname)
-            .with_spf_mailfrom_result(&spf, ip, &sender, helo)
+        let header = AuthenticationResults::new(c.hostname)
+            .with_spf_mailfrom_result(&spf, c.ip, &sender, c.helo)
             .to_header();
+        let refusal = spf_failed.then(|| spf_refusal(&spf_domain, c.ip));
         return Evaluation {
             header,
-            refusal: None,
+            refusal,
+            quarantine: false,
         };
     };
     let dkim = auth.verify_dkim(&message).await;
-    let mail_from_domain = match sender.rsplit_once('@') {
-        Some((_, d)) => d.to_string(),
-        None => helo.to_string(),
-    };
     let dmarc = auth
         .verify_dmarc(mail_auth::dmarc::verify::DmarcParameters::new(
             &message,
             &dkim,
-            &mail_from_domain,
+            &spf_domain,
             &spf,
         ))
         .await;
-    let header = AuthenticationResults::new(hostname)
+    let header = AuthenticationResults::new(c.hostname)
         .with_dkim_results(&dkim, message.from())
-        .with_spf_mailfrom_result(&spf, ip, &sender, helo)
+        .with_spf_mailfrom_result(&spf, c.ip, &sender, c.helo)
         .with_dmarc_result(&dmarc)
         .to_header();
     // DMARC's overall result: a pass of either aligned identifier passes (RFC 7489 §4.2).
     let dmarc_result = dmarc.result();
+    let dmarc_failed = matches!(dmarc_result, DmarcResult::Fail(_));
     let temporary = matches!(spf.result(), SpfResult::TempError)
         || matches!(dmarc_result, DmarcResult::TempError(_));
-    let refusal =
-        if matches!(dmarc_result, DmarcResult::Fail(_)) && dmarc.policy() == Policy::Reject {
-            Some(Reply::new(
-                550,
-                codes::NOT_AUTHORIZED,
-                format!(
-                    "Message rejected: it fails the DMARC policy (p=reject) of {}",
-                    dmarc.domain()
-                ),
-            ))
-        } else if temporary {
-            Some(temporary_failure())
-        } else {
-            None
-        };
-    Evaluation { header, refusal }
+    let refusal = if dmarc_failed && dmarc.policy() == Policy::Reject {
+        Some(Reply::new(
+            550,
+            codes::NOT_AUTHORIZED,
+            format!(
+                "Message rejected: it fails the DMARC policy (p=reject) of {}",
+                dmarc.domain()
+            ),
+        ))
+    } else if temporary {
+        Some(temporary_failure())
+    } else if spf_failed {
+        Some(spf_refusal(&spf_domain, c.ip))
+    } else {
+        None
+    };
+    let quarantine = dmarc_failed && dmarc.policy() == Policy::Quarantine;
+    Evaluation {
+        header,
+        refusal,
+        quarantine,
+    }
 }
 
 /// Removes `Authentication-Results` fields that claim `authserv_id` (RFC 8601 §5) from the

@@ -426,3 +426,62 @@ print(len(sigs), [d.verify(idx=i, dnsfunc=dnsfunc) for i in range(len(sigs))])
     ]));
     assert_eq!(out.trim(), "2 [True, True]", "{out}");
 }
+
+#[test]
+fn dmarc_quarantine_goes_to_junk_and_spf_fail_can_be_refused() {
+    let dns = TestDns::start(vec![
+        ("junk.test", Rr::Txt("v=spf1 -all".into())),
+        ("_dmarc.junk.test", Rr::Txt("v=DMARC1; p=quarantine".into())),
+        ("strict.test", Rr::Txt("v=spf1 -all".into())),
+    ]);
+    let s = TestServer::start("", &dns.config());
+    let r = send_raw(
+        s.smtp,
+        "a@junk.test",
+        "postmaster@localhost",
+        b"From: a@junk.test\r\nSubject: junk\r\n\r\nx\r\n",
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    let junk = s.maildir("localhost", "postmaster").join(".Junk");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list(&junk.join("new")).is_empty() {
+        assert!(Instant::now() < deadline, "nothing in .Junk\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(junk.join("maildirfolder").exists());
+    let text = std::fs::read_to_string(&list(&junk.join("new"))[0]).unwrap();
+    assert!(
+        text.contains("dmarc=fail") && text.contains("policy.dmarc=quarantine"),
+        "{text}"
+    );
+    assert!(
+        !s.maildir("localhost", "postmaster").join("new").exists()
+            || list(&s.maildir("localhost", "postmaster").join("new")).is_empty()
+    );
+    // SPF fail without DMARC passes by default (DMARC decides) ...
+    let r = send_raw(
+        s.smtp,
+        "a@strict.test",
+        "postmaster@localhost",
+        b"From: a@strict.test\r\nSubject: s\r\n\r\nx\r\n",
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    // ... and is refused with reject_spf_fail.
+    let strict = TestServer::start(
+        "",
+        &format!(
+            "{}\n[authentication]\nreject_spf_fail = true\n",
+            dns.config()
+        ),
+    );
+    let r = send_raw(
+        strict.smtp,
+        "a@strict.test",
+        "postmaster@localhost",
+        b"From: a@strict.test\r\nSubject: s\r\n\r\nx\r\n",
+    );
+    assert_eq!(
+        r,
+        "550 5.7.1 SPF check failed: strict.test does not designate 127.0.0.1 as permitted sender\r\n"
+    );
+}
