@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::Server;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -21,6 +21,12 @@ pub enum Rr {
     Aaaa(std::net::Ipv6Addr),
     /// TXT strings.
     Txt(String),
+    /// TXT made of several character-strings.
+    TxtParts(Vec<String>),
+    /// A PTR target.
+    Ptr(String),
+    /// A CNAME target.
+    Cname(String),
 }
 
 pub struct TestDns {
@@ -50,8 +56,10 @@ impl TestDns {
             5,
         );
         zone.upsert_mut(Record::from_rdata(Name::root(), 60, RData::SOA(soa)), 1);
-        for (name, rr) in records {
-            let owner = Name::from_utf8(format!("{name}.")).unwrap();
+        for (owner, rr) in records {
+            let Ok(owner) = Name::from_utf8(format!("{}.", owner.trim_end_matches('.'))) else {
+                continue;
+            };
             let data = match rr {
                 Rr::Mx(pref, exchange) => {
                     let ex = if exchange == "." {
@@ -64,6 +72,9 @@ impl TestDns {
                 Rr::A(ip) => RData::A(A(ip)),
                 Rr::Aaaa(ip) => RData::AAAA(AAAA(ip)),
                 // A DNS character-string holds 255 octets: long records are split.
+                Rr::TxtParts(parts) => RData::TXT(TXT::new(parts)),
+                Rr::Ptr(target) => RData::PTR(PTR(name(&target))),
+                Rr::Cname(target) => RData::CNAME(CNAME(name(&target))),
                 Rr::Txt(t) => RData::TXT(TXT::new(
                     t.as_bytes()
                         .chunks(255)
@@ -115,6 +126,10 @@ impl Drop for TestDns {
             let _ = t.join();
         }
     }
+}
+
+fn name(s: &str) -> Name {
+    Name::from_utf8(format!("{}.", s.trim_end_matches('.'))).unwrap_or_else(|_| Name::root())
 }
 
 /// A UDP socket and a TCP listener on the same free port.
