@@ -352,16 +352,18 @@ fn parse_mail(args: &str) -> Result<Command, CommandError> {
                 p.auth = Some(decode_xtext(v).ok_or_else(bad)?);
             }
             ("SIZE" | "BODY" | "SMTPUTF8" | "RET" | "ENVID" | "AUTH", _) => return Err(bad()),
-            _ => {
-                let shown = match value {
-                    Some(v) => format!("{key}={v}"),
-                    None => key.clone(),
-                };
-                return Err(CommandError::UnknownParameter(shown));
-            }
+            _ => return Err(unknown_parameter(&key, value)),
         }
     }
     Ok(Command::Mail { from, params: p })
+}
+
+/// RFC 5321 §4.1.1.11: a parameter that was not advertised (555), shown as sent.
+fn unknown_parameter(key: &str, value: Option<&str>) -> CommandError {
+    CommandError::UnknownParameter(match value {
+        Some(v) => format!("{key}={v}"),
+        None => key.to_string(),
+    })
 }
 
 fn parse_rcpt(args: &str) -> Result<Command, CommandError> {
@@ -409,13 +411,7 @@ fn parse_rcpt(args: &str) -> Result<Command, CommandError> {
                 });
             }
             ("NOTIFY" | "ORCPT", _) => return Err(bad()),
-            _ => {
-                let shown = match value {
-                    Some(v) => format!("{key}={v}"),
-                    None => key.clone(),
-                };
-                return Err(CommandError::UnknownParameter(shown));
-            }
+            _ => return Err(unknown_parameter(&key, value)),
         }
     }
     Ok(Command::Rcpt { to, params: p })

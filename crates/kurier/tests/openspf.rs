@@ -8,9 +8,9 @@
 
 mod common;
 use common::dns::{Rr, TestDns};
-use common::run_ok;
+use common::{run_ok, spf_result_name};
+use mail_auth::MessageAuthenticator;
 use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{MessageAuthenticator, SpfResult};
 use serde_json::Value;
 use std::process::Command;
 
@@ -65,18 +65,6 @@ fn records(zonedata: &Value) -> Vec<(String, Rr)> {
     out
 }
 
-fn result_name(r: SpfResult) -> &'static str {
-    match r {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror",
-        SpfResult::PermError => "permerror",
-        SpfResult::None => "none",
-    }
-}
-
 #[test]
 fn openspf_rfc7208_suite() {
     assert!(
@@ -114,7 +102,7 @@ fn openspf_rfc7208_suite() {
                 "mx.openspf.test",
                 mailfrom,
             )));
-            let got = result_name(spf.result());
+            let got = spf_result_name(spf.result());
             let expected: Vec<&str> = match &t["result"] {
                 Value::Array(v) => v.iter().filter_map(Value::as_str).collect(),
                 v => vec![v.as_str().unwrap_or_default()],

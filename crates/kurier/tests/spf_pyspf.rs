@@ -4,9 +4,9 @@
 
 mod common;
 use common::dns::{Rr, TestDns};
-use common::run_ok;
+use common::{run_ok, spf_result_name};
+use mail_auth::MessageAuthenticator;
 use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{MessageAuthenticator, SpfResult};
 use std::process::Command;
 
 fn txt(s: &str) -> Rr {
@@ -94,15 +94,7 @@ fn spf_verdicts_agree_with_pyspf() {
                 "mx.test",
                 sender,
             )));
-            match spf.result() {
-                SpfResult::Pass => "pass",
-                SpfResult::Fail => "fail",
-                SpfResult::SoftFail => "softfail",
-                SpfResult::Neutral => "neutral",
-                SpfResult::TempError => "temperror",
-                SpfResult::PermError => "permerror",
-                SpfResult::None => "none",
-            }
+            spf_result_name(spf.result())
         })
         .collect();
     // pyspf, through dnspython pointed at the same server.

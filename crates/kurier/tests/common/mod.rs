@@ -374,9 +374,8 @@ impl Wire {
     }
 }
 
-/// Runs a command (a real client) and returns its output, failing the test with everything it
-/// printed if it exits non-zero.
-pub fn run_ok(cmd: &mut Command) -> String {
+/// Runs a command (a real client); returns whether it succeeded and everything it printed.
+fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -386,25 +385,20 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    (out.status.success(), text)
+}
+
+/// Runs a command that must succeed; returns its output.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let (ok, text) = run(cmd);
+    assert!(ok, "{cmd:?} failed:\n{text}");
     text
 }
 
-/// Runs a command expected to fail; returns its output.
+/// Runs a command that must fail; returns its output.
 pub fn run_fail(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.status.success(),
-        "{cmd:?} unexpectedly succeeded:\n{text}"
-    );
+    let (ok, text) = run(cmd);
+    assert!(!ok, "{cmd:?} unexpectedly succeeded:\n{text}");
     text
 }
 
@@ -423,5 +417,19 @@ pub fn wait_listening(addr: std::net::SocketAddr) {
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         assert!(Instant::now() < deadline, "nothing listening on {addr}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SPF results by their RFC 7208 names, for comparisons with other implementations.
+pub fn spf_result_name(r: mail_auth::SpfResult) -> &'static str {
+    use mail_auth::SpfResult::*;
+    match r {
+        Pass => "pass",
+        Fail => "fail",
+        SoftFail => "softfail",
+        Neutral => "neutral",
+        TempError => "temperror",
+        PermError => "permerror",
+        None => "none",
     }
 }
