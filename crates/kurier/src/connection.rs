@@ -180,19 +180,17 @@ async fn run(
                     let verdict = inbound::check_rcpt(ctx, &to, &params, &client);
                     session.resolve(verdict);
                 }
-                Action::Authenticate { username, .. }
-                    if ctx.auth_throttle.blocked(peer.ip()).is_some() =>
-                {
-                    // Over the per-address limit: the check above booked a growing delay;
-                    // wait it out, then refuse without looking at the password.
-                    let delay = ctx.auth_throttle.blocked(peer.ip()).unwrap_or_default();
-                    tokio::time::sleep(delay).await;
-                    tracing::warn!(peer = %peer.ip(), user = %username, "authentication refused: too many failures from this address");
-                    session.resolve_auth(AuthVerdict::Throttled);
-                }
                 Action::Authenticate {
                     username, password, ..
                 } => {
+                    // Over the per-address limit: wait out the growing delay, then refuse
+                    // without looking at the password.
+                    if let Some(delay) = ctx.auth_throttle.blocked(peer.ip()) {
+                        tokio::time::sleep(delay).await;
+                        tracing::warn!(peer = %peer.ip(), user = %username, "authentication refused: too many failures from this address");
+                        session.resolve_auth(AuthVerdict::Throttled);
+                        continue;
+                    }
                     let dir = ctx.directory.clone();
                     let user = username.clone();
                     let ok =
