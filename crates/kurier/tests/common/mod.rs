@@ -28,12 +28,13 @@ pub struct TestServer {
     own_dns: Option<dns::TestDns>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Distinct free ports: all sockets are held until every port is known, so the same port
+/// cannot come back twice.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 impl TestServer {
@@ -47,12 +48,13 @@ impl TestServer {
     /// Writes the config but does not start the server (for tests that prepare the data
     /// directory first).
     pub fn configured(top: &str, tables: &str) -> TestServer {
+        let [smtp, submission, submissions] = free_ports::<3>();
         let s = TestServer {
             dir: tempfile::tempdir().unwrap(),
             smtp_ip: std::net::IpAddr::from([127, 0, 0, 1]),
-            smtp: free_port(),
-            submission: free_port(),
-            submissions: free_port(),
+            smtp,
+            submission,
+            submissions,
             child: None,
             top: top.to_string(),
             tables: tables.to_string(),
