@@ -64,23 +64,11 @@ fn greylisting_dance_and_persistence() {
         "accepted after the delay"
     );
     // Authenticated submission is never greylisted.
-    let out = run_ok(Command::new("swaks").args([
-        "--server",
-        &format!("127.0.0.1:{}", s.submission),
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
+    let out = run_ok(&mut swaks_submit(
+        s.submission,
         "alice@localhost",
-        "--auth-password",
-        PASSWORD,
-        "--from",
-        "alice@localhost",
-        "--to",
         "postmaster@localhost",
-        "--timeout",
-        "20",
-    ]));
+    ));
     assert!(out.contains("250 2.0.0 Ok"), "{out}");
     // The passed triplet survives a restart; a new one is greylisted.
     assert_eq!(s.terminate().code(), Some(0));
@@ -356,50 +344,15 @@ fn submissions_are_dkim_signed_and_verify_with_dkimpy() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a local domain"));
     s.spawn();
     s.add_user("alice@localhost");
-    let receiver = std::process::Command::new("/usr/bin/python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/peers/receiver.py"
-        ))
-        .args([&ip.to_string(), "25"])
-        .arg(s.dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn();
-    let mut receiver = receiver.unwrap();
-    wait_listening(std::net::SocketAddr::new(ip.into(), 25));
-    let out = run_ok(Command::new("swaks").args([
-        "--server",
-        &format!("127.0.0.1:{}", s.submission),
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "alice@localhost",
-        "--auth-password",
-        PASSWORD,
-        "--from",
-        "alice@localhost",
-        "--to",
-        "bob@dk.test",
-        "--timeout",
-        "20",
-        "--header",
-        "Subject: signed by kurier",
-    ]));
+    let receiver = Receiver::start(ip);
+    let out = run_ok(
+        swaks_submit(s.submission, "alice@localhost", "bob@dk.test")
+            .args(["--header", "Subject: signed by kurier"]),
+    );
     assert!(out.contains("250 2.0.0 Ok"), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let eml = loop {
-        let found = list(s.dir.path())
-            .into_iter()
-            .find(|p| p.extension().is_some_and(|e| e == "eml"));
-        if let Some(f) = found {
-            break f;
-        }
-        assert!(Instant::now() < deadline, "nothing relayed\n{}", s.log());
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let _ = receiver.kill();
-    let _ = receiver.wait();
+    let (_, relayed) = receiver.wait_messages(1).remove(0);
+    let eml = s.dir.path().join("relayed.eml");
+    std::fs::write(&eml, relayed).unwrap();
     let script = r#"
 import dkim, json, sys
 records = json.loads(sys.argv[2])

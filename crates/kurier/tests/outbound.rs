@@ -8,70 +8,11 @@ use common::dns::{Rr, TestDns};
 use common::*;
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const POSTFIX: &str = "/usr/sbin/postfix";
-const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
-
-/// The scripted receiver (see tests/peers/receiver.py).
-struct Receiver {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Receiver {
-    fn start(ip: std::net::Ipv4Addr) -> Receiver {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("/usr/bin/python3")
-            .arg(format!("{PEERS}/receiver.py"))
-            .args([&ip.to_string(), "25"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_listening(SocketAddr::new(IpAddr::V4(ip), 25));
-        Receiver { child, dir }
-    }
-
-    /// Waits (bounded) for `n` saved messages; returns (envelope, content) oldest first.
-    fn wait_messages(&self, n: usize) -> Vec<(Value, Vec<u8>)> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let emls: Vec<PathBuf> = list(self.dir.path())
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-                .collect();
-            if emls.len() >= n {
-                return emls
-                    .iter()
-                    .map(|p| {
-                        let env: Value = serde_json::from_slice(
-                            &std::fs::read(p.with_extension("json")).unwrap(),
-                        )
-                        .unwrap();
-                        (env, std::fs::read(p).unwrap())
-                    })
-                    .collect();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "receiver got {} message(s), expected {n}",
-                emls.len()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::PEERS;
 
 /// A Kurier that relays for alice@localhost, resolving through `dns`.
 fn origin(dns: &TestDns, delivery: &str, more: &str) -> TestServer {

@@ -357,23 +357,11 @@ fn user_add_reads_the_password_from_stdin() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("added dora@localhost"));
     // The running server accepts her credentials at once.
-    let out = run_ok(Command::new("swaks").args([
-        "--server",
-        &format!("127.0.0.1:{}", s.submission),
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
+    let out = run_ok(&mut swaks_submit(
+        s.submission,
         "dora@localhost",
-        "--auth-password",
-        PASSWORD,
-        "--to",
         "dora@localhost",
-        "--from",
-        "dora@localhost",
-        "--timeout",
-        "20",
-    ]));
+    ));
     assert!(out.contains("235 2.7.0"), "{out}");
     s.wait_for_mail("localhost", "dora", 1);
 }

@@ -435,3 +435,89 @@ pub fn spf_result_name(r: mail_auth::SpfResult) -> &'static str {
         None => "none",
     }
 }
+
+/// Helper scripts for the peers (receiver, DSN parser).
+pub const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+
+/// The scripted receiver (see tests/peers/receiver.py).
+pub struct Receiver {
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    pub fn start(ip: std::net::Ipv4Addr) -> Receiver {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("/usr/bin/python3")
+            .arg(format!("{PEERS}/receiver.py"))
+            .args([&ip.to_string(), "25"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(std::net::SocketAddr::new(std::net::IpAddr::V4(ip), 25));
+        Receiver { child, dir }
+    }
+
+    /// Waits (bounded) for `n` saved messages; returns (envelope, content) oldest first.
+    pub fn wait_messages(&self, n: usize) -> Vec<(serde_json::Value, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let emls: Vec<PathBuf> = list(self.dir.path())
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+                .collect();
+            if emls.len() >= n {
+                return emls
+                    .iter()
+                    .map(|p| {
+                        let env: serde_json::Value = serde_json::from_slice(
+                            &std::fs::read(p.with_extension("json")).unwrap(),
+                        )
+                        .unwrap();
+                        (env, std::fs::read(p).unwrap())
+                    })
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "receiver got {} message(s), expected {n}",
+                emls.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// swaks submitting as `user` (also the envelope sender) over STARTTLS with AUTH PLAIN.
+pub fn swaks_submit(port: u16, user: &str, to: &str) -> Command {
+    let mut c = Command::new("swaks");
+    c.args([
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--timeout",
+        "20",
+        "--tls",
+        "--auth",
+        "PLAIN",
+    ])
+    .args([
+        "--auth-user",
+        user,
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        user,
+        "--to",
+        to,
+    ]);
+    c
+}
