@@ -19,6 +19,7 @@
 //! - [`dnsbl`], [`greylist`], [`throttle`]: abuse defences (blocklists, greylisting, AUTH failures).
 //! - [`dkim`]: DKIM keys and signing of mail from local domains.
 //! - [`sender_auth`]: SPF, DKIM and DMARC of incoming mail, Authentication-Results.
+//! - [`spf`], [`spf_record`]: SPF evaluation with RFC 7208's strict record rules.
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
 //! - [`privilege`]: switching to an unprivileged user after binding.
 
@@ -40,6 +41,8 @@ pub mod privilege;
 pub mod queue;
 pub mod sender_auth;
 pub mod server;
+pub mod spf;
+pub mod spf_record;
 pub mod stream;
 pub mod throttle;
 pub mod tls;

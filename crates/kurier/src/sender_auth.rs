@@ -75,18 +75,8 @@ fn spf_refusal(domain: &str, ip: IpAddr) -> Reply {
 async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Evaluation {
     let auth = MessageAuthenticator(resolver.resolver().clone());
     let sender = c.from.mailbox().map(|m| m.to_string()).unwrap_or_default();
-    let spf = if sender.is_empty() {
-        // RFC 7208 §2.4: for the null sender, the HELO identity is checked.
-        auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_ehlo(
-            c.ip, c.helo, c.hostname,
-        ))
-        .await
-    } else {
-        auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
-            c.ip, c.helo, c.hostname, &sender,
-        ))
-        .await
-    };
+    // RFC 7208 §2.4: for the null sender, the HELO identity is checked.
+    let spf = crate::spf::verify(resolver, c.ip, c.helo, c.hostname, &sender).await;
     let spf_domain = sender
         .rsplit_once('@')
         .map_or(c.helo, |(_, d)| d)

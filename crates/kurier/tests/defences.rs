@@ -232,6 +232,9 @@ fn spf_dkim_dmarc_evaluation() {
         ("ed._domainkey.good.test", Rr::Txt(ed_record)),
         // open.test: SPF allows loopback; no DMARC record.
         ("open.test", Rr::Txt("v=spf1 ip4:127.0.0.0/8 -all".into())),
+        // twice.test: two SPF records (RFC 7208 §4.5), each allowing loopback: permerror.
+        ("twice.test", Rr::Txt("v=spf1 ip4:127.0.0.0/8 -all".into())),
+        ("twice.test", Rr::Txt("v=spf1 ip4:127.0.0.1 -all".into())),
     ]);
     let s = TestServer::start("", &dns.config());
     // A spoof of a p=reject domain is refused after DATA.
@@ -255,7 +258,14 @@ fn spf_dkim_dmarc_evaluation() {
         b"From: a@open.test\r\nSubject: spf\r\n\r\nx\r\n",
     );
     assert!(r.starts_with("250 "), "{r}");
-    let mail = s.wait_for_mail("localhost", "postmaster", 2);
+    let r = send_raw(
+        s.smtp,
+        "a@twice.test",
+        "postmaster@localhost",
+        b"From: a@twice.test\r\nSubject: twice\r\n\r\nx\r\n",
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    let mail = s.wait_for_mail("localhost", "postmaster", 3);
     let all: Vec<String> = mail
         .iter()
         .map(|m| String::from_utf8_lossy(m).to_string())
@@ -279,6 +289,8 @@ fn spf_dkim_dmarc_evaluation() {
     let spf_mail = all.iter().find(|m| m.contains("Subject: spf")).unwrap();
     assert!(spf_mail.contains("spf=pass"), "{spf_mail}");
     assert!(spf_mail.contains("dmarc=none"), "{spf_mail}");
+    let twice = all.iter().find(|m| m.contains("Subject: twice")).unwrap();
+    assert!(twice.contains("spf=permerror"), "{twice}");
 }
 
 #[test]

@@ -2,15 +2,13 @@
 //! evaluation: each section's zone data is served by a real DNS server on loopback, and each
 //! test's (client IP, HELO, MAIL FROM) is evaluated and compared with the expected result.
 //!
-//! Zone entries marked TIMEOUT cannot be served by the in-process DNS server, so the tests
-//! that need a timeout count as failures. The pass count is printed and must not drop.
+//! Zone entries marked TIMEOUT are answered with SERVFAIL, which a resolver turns into the
+//! same temporary error. The pass count is printed and must not drop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::dns::{Rr, TestDns};
 use common::{run_ok, spf_result_name};
-use mail_auth::MessageAuthenticator;
-use mail_auth::spf::verify::SpfParameters;
 use serde_json::Value;
 use std::process::Command;
 
@@ -20,18 +18,41 @@ const SUITE: &str = concat!(
 );
 
 /// The passes measured when this test was written; a lower count is a regression.
-const MINIMUM_PASSES: usize = 140;
+const MINIMUM_PASSES: usize = 181;
 
+/// The zone data as records. Kurier looks up TXT only (RFC 7208 §3.1: the SPF RR type is
+/// gone), so, as in the suite's own runner, a name's "SPF" entries are served as TXT when the
+/// name has no TXT entries of its own ("TXT: NONE" says it has none).
 fn records(zonedata: &Value) -> Vec<(String, Rr)> {
     let mut out = Vec::new();
     let Some(zones) = zonedata.as_object() else {
         return out;
     };
     for (name, recs) in zones {
-        for r in recs.as_array().into_iter().flatten() {
-            let Some((kind, v)) = r.as_object().and_then(|o| o.iter().next()) else {
-                continue;
-            }; // TIMEOUT
+        let entries: Vec<(&String, &Value)> = recs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_object().and_then(|o| o.iter().next()))
+            .collect();
+        let has_txt = entries.iter().any(|(kind, _)| *kind == "TXT");
+        // "TIMEOUT" (a plain string): the name's server does not answer the queries that
+        // have no records listed (a name with a TXT record only times out for type SPF,
+        // which is never asked). The test server answers SERVFAIL, which a resolver reports
+        // as the same temporary error.
+        let real_txt = entries
+            .iter()
+            .any(|(kind, v)| *kind == "TXT" && v.as_str() != Some("NONE"));
+        if !real_txt
+            && recs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r == "TIMEOUT")
+        {
+            out.push((name.clone(), Rr::ServFail));
+        }
+        for (kind, v) in entries {
             let text = |v: &Value| match v {
                 Value::Array(parts) => Rr::TxtParts(
                     parts
@@ -42,7 +63,9 @@ fn records(zonedata: &Value) -> Vec<(String, Rr)> {
                 v => Rr::Txt(v.as_str().unwrap_or_default().to_string()),
             };
             let rr = match kind.as_str() {
-                "SPF" | "TXT" => text(v),
+                "TXT" if v.as_str() == Some("NONE") => continue,
+                "TXT" => text(v),
+                "SPF" if !has_txt => text(v),
                 "A" => match v.as_str().and_then(|a| a.parse().ok()) {
                     Some(ip) => Rr::A(ip),
                     None => continue,
@@ -90,18 +113,18 @@ fn openspf_rfc7208_suite() {
             .collect();
         let dns = TestDns::start(records);
         let resolver = kurier::dns::MxResolver::new(&[format!("127.0.0.1:{}", dns.port)]).unwrap();
-        let auth = MessageAuthenticator(resolver.resolver().clone());
         for (name, t) in section["tests"].as_object().unwrap() {
             total += 1;
             let ip = t["host"].as_str().unwrap().parse().unwrap();
             let helo = t["helo"].as_str().unwrap_or_default();
             let mailfrom = t["mailfrom"].as_str().unwrap_or_default();
-            let spf = rt.block_on(auth.verify_spf(SpfParameters::verify_mail_from(
+            let spf = rt.block_on(kurier::spf::verify(
+                &resolver,
                 ip,
                 helo,
                 "mx.openspf.test",
                 mailfrom,
-            )));
+            ));
             let got = spf_result_name(spf.result());
             let expected: Vec<&str> = match &t["result"] {
                 Value::Array(v) => v.iter().filter_map(Value::as_str).collect(),
@@ -134,5 +157,6 @@ fn clone_rr(r: &Rr) -> Rr {
         Rr::TxtParts(p) => Rr::TxtParts(p.clone()),
         Rr::Ptr(p) => Rr::Ptr(p.clone()),
         Rr::Cname(c) => Rr::Cname(c.clone()),
+        Rr::ServFail => Rr::ServFail,
     }
 }

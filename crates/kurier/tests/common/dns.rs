@@ -2,14 +2,18 @@
 //! zone (so every name is answered from it, NXDOMAIN included), on a free loopback port.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hickory_proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, SOA, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
 
 /// One resource record for the test zone.
 pub enum Rr {
@@ -27,6 +31,8 @@ pub enum Rr {
     Ptr(String),
     /// A CNAME target.
     Cname(String),
+    /// Every query for this name gets SERVFAIL (a broken or unreachable authority).
+    ServFail,
 }
 
 pub struct TestDns {
@@ -56,11 +62,16 @@ impl TestDns {
             5,
         );
         zone.upsert_mut(Record::from_rdata(Name::root(), 60, RData::SOA(soa)), 1);
+        let mut failing = HashSet::new();
         for (owner, rr) in records {
             let Ok(owner) = Name::from_utf8(format!("{}.", owner.trim_end_matches('.'))) else {
                 continue;
             };
             let data = match rr {
+                Rr::ServFail => {
+                    failing.insert(LowerName::from(owner));
+                    continue;
+                }
                 Rr::Mx(pref, exchange) => {
                     let ex = if exchange == "." {
                         Name::root()
@@ -93,7 +104,7 @@ impl TestDns {
             rt.block_on(async move {
                 let mut catalog = Catalog::new();
                 catalog.upsert(LowerName::from(Name::root()), vec![Arc::new(zone)]);
-                let mut server = Server::new(catalog);
+                let mut server = Server::new(Failing { catalog, failing });
                 server.register_socket(tokio::net::UdpSocket::from_std(udp).unwrap());
                 server.register_listener(
                     tokio::net::TcpListener::from_std(tcp).unwrap(),
@@ -130,6 +141,40 @@ impl Drop for TestDns {
 
 fn name(s: &str) -> Name {
     Name::from_utf8(format!("{}.", s.trim_end_matches('.'))).unwrap_or_else(|_| Name::root())
+}
+
+/// The catalog, except that names marked [`Rr::ServFail`] get SERVFAIL.
+struct Failing {
+    catalog: Catalog,
+    failing: HashSet<LowerName>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Failing {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let fails = request
+            .request_info()
+            .is_ok_and(|info| self.failing.contains(info.query.name()));
+        if !fails {
+            return self
+                .catalog
+                .handle_request::<R, T>(request, response_handle)
+                .await;
+        }
+        let response = MessageResponseBuilder::new(&request.queries, None)
+            .error_msg(&request.metadata, ResponseCode::ServFail);
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(_) => ResponseInfo::from(Header {
+                metadata: Metadata::response_from_request(&request.metadata),
+                counts: HeaderCounts::default(),
+            }),
+        }
+    }
 }
 
 /// A UDP socket and a TCP listener on the same free port.
