@@ -1,5 +1,5 @@
-//! Sender authentication of incoming mail: SPF (RFC 7208), DKIM (RFC 6376, RFC 8463) and
-//! DMARC (RFC 7489), evaluated with the `mail-auth` crate, recorded in one
+//! Sender authentication of incoming mail: SPF (RFC 7208), DKIM (RFC 6376, RFC 8463), ARC
+//! (RFC 8617) and DMARC (RFC 7489), evaluated with the `mail-auth` crate, recorded in one
 //! `Authentication-Results` header (RFC 8601), and enforced for DMARC `p=reject`.
 //!
 //! Headers that claim our authserv-id are removed first (RFC 8601 §5): only this server may
@@ -9,10 +9,12 @@
 use std::net::IpAddr;
 
 use kurier_smtp::{Reply, ReversePath, codes};
+use mail_auth::arc::ArcError;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::Policy;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DmarcResult, MessageAuthenticator, SpfResult,
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
+    SpfResult,
 };
 
 use crate::dns::MxResolver;
@@ -44,7 +46,7 @@ pub struct Check<'a> {
     pub reject_spf_fail: bool,
 }
 
-/// Evaluates SPF, DKIM and DMARC for a message, within [`DEADLINE`].
+/// Evaluates SPF, DKIM, ARC and DMARC for a message, within [`DEADLINE`].
 pub async fn evaluate(resolver: &MxResolver, check: &Check<'_>, body: &[u8]) -> Evaluation {
     match tokio::time::timeout(DEADLINE, evaluate_now(resolver, check, body)).await {
         Ok(e) => e,
@@ -94,6 +96,9 @@ async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Eval
         };
     };
     let dkim = auth.verify_dkim(&message).await;
+    // RFC 8617: the chain of custody of forwarders that sealed the message (recorded, so
+    // filters and users can trust a known forwarder; it does not override DMARC here).
+    let arc = arc_verdict(auth.verify_arc(&message).await);
     let dmarc = auth
         .verify_dmarc(mail_auth::dmarc::verify::DmarcParameters::new(
             &message,
@@ -105,6 +110,7 @@ async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Eval
     let header = AuthenticationResults::new(c.hostname)
         .with_dkim_results(&dkim, message.from())
         .with_spf_mailfrom_result(&spf, c.ip, &sender, c.helo)
+        .with_arc_result(&arc, c.ip)
         .with_dmarc_result(&dmarc)
         .to_header();
     // DMARC's overall result: a pass of either aligned identifier passes (RFC 7489 §4.2).
@@ -133,6 +139,18 @@ async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Eval
         header,
         refusal,
         quarantine,
+    }
+}
+
+/// RFC 8617 §5.2: when the newest ARC-Message-Signature does not validate, the chain fails.
+/// mail-auth calls a body hash mismatch there "neutral"; it is recorded as `arc=fail`.
+fn arc_verdict(arc: mail_auth::ArcOutput<'_>) -> mail_auth::ArcOutput<'_> {
+    match arc.result() {
+        DkimResult::Neutral(e @ mail_auth::Error::Arc(ArcError::FailedBodyHashMatch)) => {
+            let e = e.clone();
+            arc.with_result(DkimResult::Fail(e))
+        }
+        _ => arc,
     }
 }
 

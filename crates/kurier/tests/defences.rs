@@ -450,3 +450,74 @@ fn dmarc_quarantine_goes_to_junk_and_spf_fail_can_be_refused() {
         "550 5.7.1 SPF check failed: strict.test does not designate 127.0.0.1 as permitted sender\r\n"
     );
 }
+
+/// Seals a message as a forwarder would, with dkimpy's ARC implementation (RFC 8617): the
+/// forwarder's own Authentication-Results become the ARC set's first header.
+fn arc_seal(message: &[u8], selector: &str, domain: &str, key: &std::path::Path) -> Vec<u8> {
+    use std::io::Write as _;
+    let script = r#"
+import dkim, sys
+selector, domain, key = sys.argv[1].encode(), sys.argv[2].encode(), open(sys.argv[3], "rb").read()
+msg = sys.stdin.buffer.read()
+msg = b"Authentication-Results: " + domain + b"; spf=pass smtp.mailfrom=news@origin.test\r\n" + msg
+seal = dkim.arc_sign(msg, selector, domain, key, domain, include_headers=[b"From", b"To", b"Subject"])
+sys.stdout.buffer.write(b"".join(seal) + msg)
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script, selector, domain, key.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn arc_sets_from_dkimpy_are_verified() {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, record) = dkim_key(keys.path(), "fwd", "rsa");
+    let dns = TestDns::start(vec![
+        ("fwd._domainkey.lists.test", Rr::Txt(record)),
+        ("lists.test", Rr::Txt("v=spf1 ip4:127.0.0.0/8 -all".into())),
+    ]);
+    let s = TestServer::start("", &dns.config());
+    let message = b"From: News <news@origin.test>\r\nTo: postmaster@localhost\r\nSubject: sealed\r\n\r\nForwarded with care.\r\n";
+    let sealed = arc_seal(message, "fwd", "lists.test", &key);
+    let r = send_raw(
+        s.smtp,
+        "bounces@lists.test",
+        "postmaster@localhost",
+        &sealed,
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    // The same set over a body changed after sealing.
+    let tampered = String::from_utf8(sealed)
+        .unwrap()
+        .replace("Subject: sealed", "Subject: tampered")
+        .replace("Forwarded with care.", "Forwarded with changes.");
+    let r = send_raw(
+        s.smtp,
+        "bounces@lists.test",
+        "postmaster@localhost",
+        tampered.as_bytes(),
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    let mail = s.wait_for_mail("localhost", "postmaster", 2);
+    let texts: Vec<String> = mail
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).to_string())
+        .collect();
+    let trace = |subject: &str| {
+        let m = texts.iter().find(|m| m.contains(subject)).unwrap();
+        let (_, trace, _) = split_delivered(m.as_bytes());
+        trace
+    };
+    let good = trace("Subject: sealed");
+    assert!(good.contains("arc=pass"), "{good}");
+    // RFC 8617 §5.2: the newest message signature fails, so the chain fails.
+    let bad = trace("Subject: tampered");
+    assert!(bad.contains("arc=fail (body hash did not verify)"), "{bad}");
+}
