@@ -127,7 +127,25 @@ impl DataDecoder {
 
     /// Decodes a chunk. With DATA framing it stops right after the terminating `.CRLF`.
     pub fn feed(&mut self, input: &[u8]) -> Fed {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            // Inside a line, everything up to the next CR or LF is plain content: take it in
+            // one step, short of the octet that would break the line or size limit (which
+            // the octet-by-octet path below then reports).
+            if self.state == State::InLine {
+                let n = self.plain_run(&input[i..]);
+                if n > 0 {
+                    if self.defect.is_none() {
+                        self.body.extend_from_slice(&input[i..i + n]);
+                    }
+                    self.size += n as u64;
+                    self.line_len += n;
+                    i += n;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
             self.line_len += 1;
             if self.line_len > MAX_TEXT_LINE {
                 self.flag(DataDefect::LineTooLong);
@@ -141,7 +159,7 @@ impl DataDecoder {
                     self.state = State::LineStart;
                     self.line_len = 0;
                     return Fed {
-                        consumed: i + 1,
+                        consumed: i,
                         complete: true,
                     };
                 }
@@ -192,6 +210,19 @@ impl DataDecoder {
             Some(d) => Err(d),
             None => Ok(self.body),
         }
+    }
+
+    /// How many octets at the start of `rest` are plain line content: no CR or LF, within
+    /// the line length limit and, while the message is still kept, within the size limit.
+    fn plain_run(&self, rest: &[u8]) -> usize {
+        let run = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        let line_room = MAX_TEXT_LINE.saturating_sub(self.line_len);
+        let mut n = run.min(line_room);
+        if self.defect.is_none() {
+            let size_room = self.max_size.saturating_sub(self.size);
+            n = n.min(usize::try_from(size_room).unwrap_or(usize::MAX));
+        }
+        n
     }
 
     /// One octet of line content (not a line end).
@@ -355,6 +386,24 @@ mod tests {
         assert!(fed.complete);
         assert_eq!(d.size(), 18);
         assert_eq!(d.finish(), Err(DataDefect::TooBig));
+    }
+
+    #[test]
+    fn size_limit_is_exact() {
+        // 11 octets after unstuffing: fits a limit of 11, not of 10, fed whole or in pieces.
+        for chunk in [1, 3, 5, 64] {
+            for (max, fits) in [(11, true), (10, false)] {
+                let mut d = DataDecoder::new(Framing::Dot, max);
+                for piece in b"..23456789\r\n.\r\n".chunks(chunk) {
+                    d.feed(piece);
+                }
+                let result = d.finish();
+                assert_eq!(result.is_ok(), fits, "max {max}, chunks of {chunk}");
+                if fits {
+                    assert_eq!(result, Ok(b".23456789\r\n".to_vec()));
+                }
+            }
+        }
     }
 
     #[test]
