@@ -220,7 +220,8 @@ pub struct Envelope {
     /// The delay warning was sent (once per message).
     #[serde(default)]
     pub delay_warned: bool,
-    /// Deliver into the recipients' Junk folder (DMARC p=quarantine).
+    /// The message failed DMARC and was not refused: recipients whose domain's policy
+    /// quarantines (`authentication.dmarc_quarantine`) get it in their Junk folder.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub junk: bool,
 }

@@ -214,13 +214,22 @@ pub struct DnsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthenticationConfig {
-    /// Evaluate SPF, DKIM and DMARC for unauthenticated mail on the `smtp` role, add
-    /// Authentication-Results, and refuse DMARC p=reject failures (550 5.7.1). A temporary
-    /// DNS failure defers the message (451 4.7.0).
+    /// Evaluate SPF, DKIM, ARC and DMARC for unauthenticated mail on the `smtp` role and add
+    /// Authentication-Results. A temporary DNS failure defers the message (451 4.7.0).
     pub verify: bool,
     /// Refuse mail whose MAIL FROM domain's SPF record says "fail" (-all) for the client
     /// (550 5.7.1). Off by default: DMARC decides, and forwarded mail often fails SPF.
     pub reject_spf_fail: bool,
+    /// Refuse mail that fails DMARC when the sender's domain publishes `p=reject`
+    /// (550 5.7.1, RFC 7489 §6.6.3). When off, such mail is quarantined instead.
+    pub dmarc_reject: bool,
+    /// Deliver mail that fails DMARC under `p=quarantine` (or `p=reject` with
+    /// `dmarc_reject` off) into the recipient's Junk folder. When off, into the inbox.
+    pub dmarc_quarantine: bool,
+    /// The same three policies for one local domain (the recipient's), overriding the
+    /// defaults above. After DATA one reply covers every recipient, so a message is refused
+    /// when the policy of any of its recipients' domains refuses it.
+    pub domains: BTreeMap<String, DomainPolicyConfig>,
 }
 
 impl Default for AuthenticationConfig {
@@ -228,6 +237,49 @@ impl Default for AuthenticationConfig {
         AuthenticationConfig {
             verify: true,
             reject_spf_fail: false,
+            dmarc_reject: true,
+            dmarc_quarantine: true,
+            domains: BTreeMap::new(),
+        }
+    }
+}
+
+/// Overrides of the sender policy for one local domain; unset keys keep the defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainPolicyConfig {
+    /// See [`AuthenticationConfig::reject_spf_fail`].
+    pub reject_spf_fail: Option<bool>,
+    /// See [`AuthenticationConfig::dmarc_reject`].
+    pub dmarc_reject: Option<bool>,
+    /// See [`AuthenticationConfig::dmarc_quarantine`].
+    pub dmarc_quarantine: Option<bool>,
+}
+
+/// What to do with mail for one local domain that fails sender authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderPolicy {
+    /// Refuse an SPF "fail".
+    pub reject_spf_fail: bool,
+    /// Refuse a DMARC failure under `p=reject`.
+    pub dmarc_reject: bool,
+    /// Junk folder for DMARC failures that are not refused.
+    pub dmarc_quarantine: bool,
+}
+
+impl AuthenticationConfig {
+    /// The policy for mail to `domain` (a local domain; case does not matter).
+    pub fn policy(&self, domain: &str) -> SenderPolicy {
+        let o = self
+            .domains
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default();
+        SenderPolicy {
+            reject_spf_fail: o.reject_spf_fail.unwrap_or(self.reject_spf_fail),
+            dmarc_reject: o.dmarc_reject.unwrap_or(self.dmarc_reject),
+            dmarc_quarantine: o.dmarc_quarantine.unwrap_or(self.dmarc_quarantine),
         }
     }
 }
@@ -490,6 +542,14 @@ impl Config {
                 }
             }
         }
+        for d in self.authentication.domains.keys() {
+            if !self.domains.iter().any(|l| l.eq_ignore_ascii_case(d)) {
+                return Err(invalid(
+                    format!("authentication.domains.{d}"),
+                    "sender policies are set for local domains (listed in `domains`)",
+                ));
+            }
+        }
         if self.recipient_delimiter.chars().count() > 1 {
             return Err(invalid(
                 "recipient_delimiter",
@@ -704,12 +764,21 @@ mod tests {
             "team@example.net" = ["alice@example.org", "bob@example.net"]
             [delivery]
             workers = 2
+            [authentication]
+            reject_spf_fail = true
+            [authentication.domains."Example.NET"]
+            dmarc_reject = false
+            reject_spf_fail = false
             [log]
             level = "debug"
             "#,
         )
         .unwrap();
         assert_eq!(c.listeners.len(), 2);
+        let strict = c.authentication.policy("example.org");
+        assert!(strict.reject_spf_fail && strict.dmarc_reject && strict.dmarc_quarantine);
+        let lenient = c.authentication.policy("example.net");
+        assert!(!lenient.reject_spf_fail && !lenient.dmarc_reject && lenient.dmarc_quarantine);
         assert_eq!(c.limits.data_timeout, Duration::from_secs(630));
         assert_eq!(c.aliases["team@example.net"].addresses().len(), 2);
     }
@@ -737,6 +806,13 @@ mod tests {
                 .contains("not in a local domain")
         );
         assert!(err("[users]\n\"a@localhost\" = \"plaintext\"").contains("argon2"));
+        assert!(
+            err("[authentication.domains.\"elsewhere.test\"]\ndmarc_reject = false")
+                .contains("authentication.domains.elsewhere.test")
+        );
+        assert!(
+            err("[authentication.domains.localhost]\ndmarc_rejct = false").contains("dmarc_rejct")
+        );
         let dup = "[[listeners]]\naddress = \"127.0.0.1:25\"\nrole = \"smtp\"\n[[listeners]]\naddress = \"127.0.0.1:25\"\nrole = \"submission\"";
         assert!(err(dup).contains("listeners[1].address"));
     }

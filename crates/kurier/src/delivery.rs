@@ -311,6 +311,11 @@ impl Engine {
                     continue;
                 }
             };
+            let quarantines = self
+                .config
+                .authentication
+                .policy(&mailbox.domain().to_string())
+                .dmarc_quarantine;
             match self.directory.resolve(&mailbox) {
                 Resolution::Local(targets) => {
                     let mut paths = Vec::new();
@@ -322,8 +327,9 @@ impl Engine {
                         }
                         // RFC 5321 §4.4: the final delivery adds Return-Path.
                         let headers = format!("Return-Path: {sender}\nDelivered-To: {t}\n");
-                        // DMARC p=quarantine: the recipient's Junk folder (Maildir++ ".Junk").
-                        let folder = if env.junk {
+                        // A DMARC failure that was not refused: the recipient's Junk folder
+                        // (Maildir++ ".Junk"), if its domain's policy quarantines.
+                        let folder = if env.junk && quarantines {
                             maildir::junk_folder(&self.directory.maildir(t))
                         } else {
                             self.directory.maildir(t)

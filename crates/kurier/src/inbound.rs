@@ -202,15 +202,27 @@ pub async fn commit(
             ip: peer.ip(),
             helo: &message.helo,
             from: &message.from,
-            reject_spf_fail: ctx.config.authentication.reject_spf_fail,
         };
         let evaluation = crate::sender_auth::evaluate(&ctx.resolver, &check, &received_body).await;
-        if let Some(reply) = evaluation.refusal {
+        // Each recipient's domain has its policy; with none local, the defaults apply.
+        let mut policies: Vec<_> = recipients
+            .iter()
+            .filter(|r| r.local)
+            .map(|r| {
+                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+                ctx.config.authentication.policy(domain)
+            })
+            .collect();
+        if policies.is_empty() {
+            policies.push(ctx.config.authentication.policy(""));
+        }
+        let verdict = evaluation.decide(&policies);
+        if let Some(reply) = verdict.refusal {
             tracing::info!(from = %message.from, client = %peer.ip(), reply = %reply, "message refused by sender authentication");
             return Err(reply);
         }
         auth_results = evaluation.header;
-        quarantine = evaluation.quarantine;
+        quarantine = verdict.junk;
     }
     // Submissions are signed as their From: domain when it has a DKIM key.
     let mut signatures = String::new();

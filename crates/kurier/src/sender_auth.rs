@@ -17,16 +17,58 @@ use mail_auth::{
     SpfResult,
 };
 
+use crate::config::SenderPolicy;
 use crate::dns::MxResolver;
 
-/// What the evaluation decided.
+/// What the evaluation found. [`Evaluation::decide`] turns it into a verdict under the
+/// policies of the recipients' domains.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
     /// The Authentication-Results header field, CRLF-terminated.
     pub header: String,
+    /// A DNS failure (or the deadline) kept a check from finishing.
+    pub temporary: bool,
+    /// SPF said "fail" for this domain.
+    pub spf_fail: Option<String>,
+    /// DMARC failed for this From: domain, which publishes this policy.
+    pub dmarc_fail: Option<(String, Policy)>,
+    /// The client's address, for the SPF refusal text.
+    pub ip: IpAddr,
+}
+
+/// What happens to the message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
     /// The refusal, when the message must not be accepted.
     pub refusal: Option<Reply>,
-    /// DMARC says quarantine: deliver to the Junk folder.
-    pub quarantine: bool,
+    /// The message failed DMARC and was not refused: the Junk folder, for recipients whose
+    /// domain's policy quarantines.
+    pub junk: bool,
+}
+
+impl Evaluation {
+    /// Applies the sender policies of the recipients' domains. One reply after DATA covers
+    /// every recipient, so the message is refused when any of the policies refuses it.
+    pub fn decide(&self, policies: &[SenderPolicy]) -> Verdict {
+        let any = |f: fn(&SenderPolicy) -> bool| policies.iter().any(f);
+        let refusal = match (&self.dmarc_fail, &self.spf_fail) {
+            // RFC 7489 §6.6.3: p=reject asks receivers to refuse during the SMTP transaction.
+            (Some((domain, Policy::Reject)), _) if any(|p| p.dmarc_reject) => Some(Reply::new(
+                550,
+                codes::NOT_AUTHORIZED,
+                format!("Message rejected: it fails the DMARC policy (p=reject) of {domain}"),
+            )),
+            _ if self.temporary => Some(temporary_failure()),
+            (_, Some(domain)) if any(|p| p.reject_spf_fail) => Some(spf_refusal(domain, self.ip)),
+            _ => None,
+        };
+        let junk = refusal.is_none()
+            && matches!(
+                self.dmarc_fail,
+                Some((_, Policy::Quarantine | Policy::Reject))
+            );
+        Verdict { refusal, junk }
+    }
 }
 
 /// How long the whole evaluation may take; past it, the message is deferred (451).
@@ -42,8 +84,6 @@ pub struct Check<'a> {
     pub helo: &'a str,
     /// MAIL FROM.
     pub from: &'a ReversePath,
-    /// Refuse SPF "fail" results (550 5.7.1).
-    pub reject_spf_fail: bool,
 }
 
 /// Evaluates SPF, DKIM, ARC and DMARC for a message, within [`DEADLINE`].
@@ -52,8 +92,10 @@ pub async fn evaluate(resolver: &MxResolver, check: &Check<'_>, body: &[u8]) -> 
         Ok(e) => e,
         Err(_) => Evaluation {
             header: String::new(),
-            refusal: Some(temporary_failure()),
-            quarantine: false,
+            temporary: true,
+            spf_fail: None,
+            dmarc_fail: None,
+            ip: check.ip,
         },
     }
 }
@@ -83,16 +125,17 @@ async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Eval
         .rsplit_once('@')
         .map_or(c.helo, |(_, d)| d)
         .to_string();
-    let spf_failed = c.reject_spf_fail && spf.result() == SpfResult::Fail;
+    let spf_fail = (spf.result() == SpfResult::Fail).then(|| spf_domain.clone());
     let Some(message) = AuthenticatedMessage::parse(body) else {
         let header = AuthenticationResults::new(c.hostname)
             .with_spf_mailfrom_result(&spf, c.ip, &sender, c.helo)
             .to_header();
-        let refusal = spf_failed.then(|| spf_refusal(&spf_domain, c.ip));
         return Evaluation {
             header,
-            refusal,
-            quarantine: false,
+            temporary: spf.result() == SpfResult::TempError,
+            spf_fail,
+            dmarc_fail: None,
+            ip: c.ip,
         };
     };
     let dkim = auth.verify_dkim(&message).await;
@@ -115,30 +158,16 @@ async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Eval
         .to_header();
     // DMARC's overall result: a pass of either aligned identifier passes (RFC 7489 §4.2).
     let dmarc_result = dmarc.result();
-    let dmarc_failed = matches!(dmarc_result, DmarcResult::Fail(_));
     let temporary = matches!(spf.result(), SpfResult::TempError)
         || matches!(dmarc_result, DmarcResult::TempError(_));
-    let refusal = if dmarc_failed && dmarc.policy() == Policy::Reject {
-        Some(Reply::new(
-            550,
-            codes::NOT_AUTHORIZED,
-            format!(
-                "Message rejected: it fails the DMARC policy (p=reject) of {}",
-                dmarc.domain()
-            ),
-        ))
-    } else if temporary {
-        Some(temporary_failure())
-    } else if spf_failed {
-        Some(spf_refusal(&spf_domain, c.ip))
-    } else {
-        None
-    };
-    let quarantine = dmarc_failed && dmarc.policy() == Policy::Quarantine;
+    let dmarc_fail = matches!(dmarc_result, DmarcResult::Fail(_))
+        .then(|| (dmarc.domain().to_string(), dmarc.policy()));
     Evaluation {
         header,
-        refusal,
-        quarantine,
+        temporary,
+        spf_fail,
+        dmarc_fail,
+        ip: c.ip,
     }
 }
 
@@ -196,6 +225,58 @@ fn claims(line: &[u8], authserv_id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SenderPolicy;
+
+    fn policy(reject_spf_fail: bool, dmarc_reject: bool) -> SenderPolicy {
+        SenderPolicy {
+            reject_spf_fail,
+            dmarc_reject,
+            dmarc_quarantine: true,
+        }
+    }
+
+    fn evaluation(dmarc: Option<Policy>, spf_fail: bool, temporary: bool) -> Evaluation {
+        Evaluation {
+            header: String::new(),
+            temporary,
+            spf_fail: spf_fail.then(|| "spf.test".to_string()),
+            dmarc_fail: dmarc.map(|p| ("from.test".to_string(), p)),
+            ip: IpAddr::from([192, 0, 2, 1]),
+        }
+    }
+
+    #[test]
+    fn decisions_follow_the_strictest_recipient_policy() {
+        let lenient = policy(false, false);
+        let default = policy(false, true);
+        let strict = policy(true, true);
+        // DMARC p=reject: refused if any recipient's domain refuses; else the Junk folder.
+        let e = evaluation(Some(Policy::Reject), false, false);
+        assert_eq!(e.decide(&[default]).refusal.map(|r| r.code), Some(550));
+        assert_eq!(
+            e.decide(&[lenient, default]).refusal.map(|r| r.code),
+            Some(550)
+        );
+        let v = e.decide(&[lenient]);
+        assert!(v.refusal.is_none() && v.junk);
+        // p=quarantine: never refused, always junk; p=none: neither.
+        let v = evaluation(Some(Policy::Quarantine), false, false).decide(&[strict]);
+        assert!(v.refusal.is_none() && v.junk);
+        let v = evaluation(Some(Policy::None), false, false).decide(&[strict]);
+        assert!(v.refusal.is_none() && !v.junk);
+        // SPF fail: refused only where the policy says so.
+        let e = evaluation(None, true, false);
+        assert!(e.decide(&[default]).refusal.is_none());
+        assert_eq!(
+            e.decide(&[default, strict]).refusal.map(|r| r.code),
+            Some(550)
+        );
+        // A DNS failure defers, unless DMARC already refuses.
+        let e = evaluation(None, false, true);
+        assert_eq!(e.decide(&[default]).refusal.map(|r| r.code), Some(451));
+        let e = evaluation(Some(Policy::Reject), false, true);
+        assert_eq!(e.decide(&[default]).refusal.map(|r| r.code), Some(550));
+    }
 
     #[test]
     fn forged_results_with_our_id_are_removed() {

@@ -521,3 +521,67 @@ fn arc_sets_from_dkimpy_are_verified() {
     let bad = trace("Subject: tampered");
     assert!(bad.contains("arc=fail (body hash did not verify)"), "{bad}");
 }
+
+#[test]
+fn sender_policy_per_recipient_domain() {
+    let dns = TestDns::start(vec![
+        ("bank.test", Rr::Txt("v=spf1 ip4:192.0.2.1 -all".into())),
+        ("_dmarc.bank.test", Rr::Txt("v=DMARC1; p=reject".into())),
+        ("shop.test", Rr::Txt("v=spf1 ip4:192.0.2.1 -all".into())),
+        ("_dmarc.shop.test", Rr::Txt("v=DMARC1; p=quarantine".into())),
+    ]);
+    // kurier.test quarantines p=reject failures instead of refusing them; localhost keeps
+    // the defaults but delivers p=quarantine failures to the inbox.
+    let s = TestServer::start(
+        "",
+        &format!(
+            "{}\n[authentication.domains.\"kurier.test\"]\ndmarc_reject = false\n\
+             [authentication.domains.localhost]\ndmarc_quarantine = false\n",
+            dns.config()
+        ),
+    );
+    let spoof = b"From: CEO <ceo@bank.test>\r\nSubject: urgent wire\r\n\r\npay now\r\n";
+    let refused =
+        "550 5.7.1 Message rejected: it fails the DMARC policy (p=reject) of bank.test\r\n";
+    assert_eq!(
+        send_raw(s.smtp, "ceo@bank.test", "postmaster@localhost", spoof),
+        refused
+    );
+    let r = send_raw(s.smtp, "ceo@bank.test", "postmaster@kurier.test", spoof);
+    assert!(r.starts_with("250 "), "{r}\n{}", s.log());
+    // One reply covers both recipients: the stricter policy wins.
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("MAIL FROM:<ceo@bank.test>").starts_with("250 "));
+    assert!(
+        w.cmd("RCPT TO:<postmaster@kurier.test>")
+            .starts_with("250 ")
+    );
+    assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+    assert!(w.cmd("DATA").starts_with("354 "));
+    w.send(&kurier_smtp::data::dot_stuff(spoof));
+    assert_eq!(w.reply(), refused);
+    // p=quarantine to localhost: the inbox, as its policy says.
+    let r = send_raw(
+        s.smtp,
+        "a@shop.test",
+        "postmaster@localhost",
+        b"From: a@shop.test\r\nSubject: offer\r\n\r\nx\r\n",
+    );
+    assert!(r.starts_with("250 "), "{r}");
+    let inbox = s.wait_for_mail("localhost", "postmaster", 1);
+    assert!(String::from_utf8_lossy(&inbox[0]).contains("Subject: offer"));
+    let junk = s
+        .maildir("kurier.test", "postmaster")
+        .join(".Junk")
+        .join("new");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list(&junk).is_empty() {
+        assert!(Instant::now() < deadline, "nothing in .Junk\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&list(&junk)[0]).unwrap();
+    assert!(
+        text.contains("Subject: urgent wire") && text.contains("dmarc=fail"),
+        "{text}"
+    );
+}

@@ -31,10 +31,24 @@ pub struct TestServer {
 /// Distinct free ports: all sockets are held until every port is known, so the same port
 /// cannot come back twice.
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+    // Below Linux's ephemeral range (32768 and up): no outgoing connection and no bind to
+    // port 0 is ever given these ports, so nothing takes one between this check and the
+    // server's bind. A start derived from the process id keeps test processes apart; all
+    // N are held at once.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(7919);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(N as u32, Ordering::SeqCst);
+        let base = 20_000 + (offset.wrapping_add(n) % (12_000 - N as u32)) as u16;
+        let held: Vec<TcpListener> = (0..N as u16)
+            .filter_map(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == N {
+            return std::array::from_fn(|i| held[i].local_addr().unwrap().port());
+        }
+    }
+    panic!("no free ports for a test server");
 }
 
 impl TestServer {
