@@ -310,6 +310,9 @@ pub struct GreylistConfig {
     pub remember: Duration,
     /// Clients in these networks are never greylisted.
     pub exempt_networks: Vec<ipnet::IpNet>,
+    /// Senders whose MAIL FROM domain passes SPF for the client are not greylisted: the
+    /// domain vouches for the client, and spam bots seldom send from such hosts.
+    pub exempt_spf_pass: bool,
 }
 
 impl Default for GreylistConfig {
@@ -323,6 +326,7 @@ impl Default for GreylistConfig {
                 "127.0.0.0/8".parse().unwrap_or(ipnet::IpNet::default()),
                 "::1/128".parse().unwrap_or(ipnet::IpNet::default()),
             ],
+            exempt_spf_pass: true,
         }
     }
 }

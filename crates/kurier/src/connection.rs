@@ -153,6 +153,7 @@ async fn run(
     let mut client_name: Option<String> = None;
     let mut session = ServerSession::new(session_config(ctx, role), initial_tls);
     let mut mail_from = None;
+    let mut mail_spf_pass: Option<bool> = None;
     let mut out = Vec::with_capacity(512);
     let mut buf = vec![0u8; READ_BUFFER];
     // RFC 5321 §4.5.3.2.7: the time for a whole command, from our last reply, not per read,
@@ -167,16 +168,41 @@ async fn run(
                         inbound::check_mail(ctx, &from, &params, session.auth_user(), peer.ip());
                     if verdict == Verdict::Accept {
                         mail_from = Some(from);
+                        mail_spf_pass = None;
                     }
                     session.resolve(verdict);
                 }
                 Action::CheckRcpt { to, params } => {
-                    let client = inbound::Client {
+                    let mut client = inbound::Client {
                         ip: peer.ip(),
                         role,
                         auth: session.auth_user(),
                         from: mail_from.as_ref(),
+                        spf_pass: mail_spf_pass,
                     };
+                    // Greylisting may exempt senders that pass SPF: checked once per
+                    // transaction, bounded in time (a slow DNS server means no exemption).
+                    if mail_spf_pass.is_none() && inbound::greylist_wants_spf(ctx, &client) {
+                        let sender = client
+                            .from
+                            .and_then(|f| f.mailbox())
+                            .map(|m| m.to_string())
+                            .unwrap_or_default();
+                        let spf = tokio::time::timeout(
+                            std::time::Duration::from_secs(5),
+                            crate::spf::verify(
+                                &ctx.resolver,
+                                peer.ip(),
+                                session.helo().unwrap_or_default(),
+                                &ctx.config.hostname,
+                                &sender,
+                            ),
+                        )
+                        .await;
+                        let pass = spf.is_ok_and(|o| o.result() == mail_auth::SpfResult::Pass);
+                        mail_spf_pass = Some(pass);
+                        client.spf_pass = mail_spf_pass;
+                    }
                     let verdict = inbound::check_rcpt(ctx, &to, &params, &client);
                     session.resolve(verdict);
                 }

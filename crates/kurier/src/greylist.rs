@@ -74,6 +74,11 @@ impl Greylist {
         self.config.exempt_networks.iter().any(|n| n.contains(&ip))
     }
 
+    /// True when a sender passing SPF is exempt (`exempt_spf_pass`).
+    pub fn exempts_spf_pass(&self) -> bool {
+        self.config.exempt_spf_pass
+    }
+
     /// Decides a recipient: `None` to accept, or the 451 reply.
     pub fn check(&self, ip: IpAddr, from: &ReversePath, to: &Mailbox, now: u64) -> Option<Reply> {
         let sender = from
@@ -137,6 +142,7 @@ mod tests {
             window: Duration::from_secs(3600),
             remember: Duration::from_secs(86400),
             exempt_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            exempt_spf_pass: true,
         }
     }
 

@@ -80,6 +80,23 @@ pub struct Client<'a> {
     pub auth: Option<&'a str>,
     /// The accepted MAIL FROM of the transaction.
     pub from: Option<&'a ReversePath>,
+    /// Whether the MAIL FROM domain passes SPF for this client, when it was checked (see
+    /// [`greylist_wants_spf`]).
+    pub spf_pass: Option<bool>,
+}
+
+/// True when greylisting would apply to this client's recipients and a sender passing SPF
+/// is exempt: the caller then evaluates SPF once for the transaction and fills in
+/// [`Client::spf_pass`].
+pub fn greylist_wants_spf(ctx: &Context, client: &Client<'_>) -> bool {
+    let Some(g) = &ctx.greylist else {
+        return false;
+    };
+    g.exempts_spf_pass()
+        && client.auth.is_none()
+        && client.role == kurier_smtp::Role::Smtp
+        && !g.exempt(client.ip)
+        && client.from.is_some_and(|f| f.mailbox().is_some())
 }
 
 /// RCPT TO: local users, aliases and postmaster are accepted; unknown local users get 550
@@ -119,6 +136,9 @@ fn greylist(ctx: &Context, to: &Mailbox, client: &Client<'_>) -> Verdict {
         return Verdict::Accept;
     };
     if client.auth.is_some() || client.role != kurier_smtp::Role::Smtp || g.exempt(client.ip) {
+        return Verdict::Accept;
+    }
+    if g.exempts_spf_pass() && client.spf_pass == Some(true) {
         return Verdict::Accept;
     }
     let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);

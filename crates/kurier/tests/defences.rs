@@ -585,3 +585,35 @@ fn sender_policy_per_recipient_domain() {
         "{text}"
     );
 }
+
+#[test]
+fn greylisting_exempts_senders_passing_spf() {
+    let dns = TestDns::start(vec![
+        (
+            "vouched.test",
+            Rr::Txt("v=spf1 ip4:127.0.0.0/8 -all".into()),
+        ),
+        (
+            "elsewhere.test",
+            Rr::Txt("v=spf1 ip4:192.0.2.0/24 -all".into()),
+        ),
+    ]);
+    let tables = format!(
+        "{}[greylisting]\nenabled = true\ndelay = \"1h\"\nexempt_networks = []\n",
+        dns.config()
+    );
+    let rcpt_after = |port: u16, from: &str| -> String {
+        let mut w = Wire::greeted(port);
+        assert!(w.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250 "));
+        w.cmd("RCPT TO:<postmaster@localhost>")
+    };
+    let s = TestServer::start("", &tables);
+    // SPF pass: the domain vouches for the client.
+    assert!(rcpt_after(s.smtp, "news@vouched.test").starts_with("250 "));
+    // SPF fail or none: greylisted as usual.
+    assert!(rcpt_after(s.smtp, "news@elsewhere.test").starts_with("451 4.7.1 "));
+    assert!(rcpt_after(s.smtp, "news@nospf.test").starts_with("451 4.7.1 "));
+    // The exemption can be turned off.
+    let strict = TestServer::start("", &format!("{tables}exempt_spf_pass = false\n"));
+    assert!(rcpt_after(strict.smtp, "news@vouched.test").starts_with("451 4.7.1 "));
+}
