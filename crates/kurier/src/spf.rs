@@ -43,6 +43,16 @@ pub async fn verify(
 ) -> SpfOutput {
     // An IPv4 client on an IPv6 socket is an IPv4 client (RFC 7208 §5: "::ffff:" addresses).
     let ip = ip.to_canonical();
+    // RFC 7208 §4.3: a malformed domain (an address literal, an empty or over-long label) or
+    // a single-label name has no SPF policy: "none", without a lookup.
+    let identity = match sender.rsplit_once('@') {
+        Some((_, domain)) => domain,
+        None if sender.is_empty() => helo,
+        None => sender,
+    };
+    if !is_checkable_domain(identity) {
+        return SpfOutput::new(identity.to_string()).with_result(SpfResult::None);
+    }
     let log = LookupLog::default();
     let txt = RecordingCache::<Txt>::new(Kind::Txt, &log);
     let mx = RecordingCache::<RecordSet<MX>>::new(Kind::Mx, &log);
@@ -92,7 +102,15 @@ async fn strict_error(
         }
     }
     if result == SpfResult::TempError {
-        return None;
+        // A target name that DNS cannot carry (an empty or over-long label, say from a
+        // macro) made mail-auth give up with an error; RFC 7208 makes that the record's
+        // fault, not the network's: permerror, never a deferral that cannot heal.
+        return events.iter().find_map(|e| match e {
+            Event::Get(_, name) if !is_dns_name(name) => {
+                Some(format!("{name:?} is not a valid domain name"))
+            }
+            _ => None,
+        });
     }
     // The explanation (exp=) is fetched after a fail is decided; it is not a term.
     let events = match events.split_last() {
@@ -161,6 +179,27 @@ async fn void_lookups(resolver: &MxResolver, events: &[Event]) -> usize {
         i += 1;
     }
     voids
+}
+
+/// A name a DNS query can carry: labels of 1 to 63 octets, 253 in all (RFC 1035 §2.3.4),
+/// as hickory parses it.
+fn is_dns_name(name: &str) -> bool {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|l| !l.is_empty() && l.len() <= 63)
+        && hickory_resolver::proto::rr::Name::from_str_relaxed(name).is_ok()
+}
+
+/// An identity SPF can be checked for (RFC 7208 §4.3): a valid name of two labels or more,
+/// not an address literal. Internationalized names (RFC 6531) pass on to the resolver.
+fn is_checkable_domain(domain: &str) -> bool {
+    let bare = domain.strip_suffix('.').unwrap_or(domain);
+    is_dns_name(bare)
+        && bare.contains('.')
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') || b >= 0x80)
 }
 
 /// The TXT records of a name, each as its strings joined (RFC 7208 §3.3).
@@ -334,6 +373,30 @@ fn key_text<Q: Hash + ?Sized>(key: &Q) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identities_that_have_no_policy() {
+        for ok in [
+            "example.org",
+            "mail.example.org.",
+            "_spf.example.org",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(is_checkable_domain(ok), "{ok}");
+        }
+        let long = format!("{}.example.org", "a".repeat(64));
+        for bad in [
+            "[192.0.2.1]",
+            "A...example.com",
+            "localhost",
+            "",
+            ".",
+            &long,
+            "a b.example",
+        ] {
+            assert!(!is_checkable_domain(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn key_text_gives_the_name_back() {
