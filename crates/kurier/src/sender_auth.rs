@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use kurier_smtp::{Reply, ReversePath, codes};
 use mail_auth::arc::ArcError;
 use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimError};
 use mail_auth::dmarc::Policy;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
@@ -138,7 +139,24 @@ async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Eval
             ip: c.ip,
         };
     };
-    let dkim = auth.verify_dkim(&message).await;
+    let fixed_raw = relaxed_tail_fixed(body);
+    let fixed = fixed_raw.as_deref().and_then(AuthenticatedMessage::parse);
+    let mut dkim = auth.verify_dkim(&message).await;
+    // Signatures with relaxed body canonicalization over a body that ends in whitespace-only
+    // lines: checked again over the body as RFC 6376 §3.4.4 canonicalizes it (see
+    // `relaxed_tail_fixed`). Only those signatures can change, and only to a pass.
+    if let Some(fixed) = &fixed
+        && dkim.iter().any(relaxed_body_mismatch)
+    {
+        let again = auth.verify_dkim(fixed).await;
+        if again.len() == dkim.len() {
+            for (first, second) in dkim.iter_mut().zip(again) {
+                if relaxed_body_mismatch(first) && *second.result() == DkimResult::Pass {
+                    *first = second;
+                }
+            }
+        }
+    }
     // RFC 8617: the chain of custody of forwarders that sealed the message (recorded, so
     // filters and users can trust a known forwarder; it does not override DMARC here).
     let arc = arc_verdict(auth.verify_arc(&message).await);
@@ -169,6 +187,49 @@ async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Eval
         dmarc_fail,
         ip: c.ip,
     }
+}
+
+/// A DKIM signature with relaxed body canonicalization whose body hash did not match.
+fn relaxed_body_mismatch(d: &mail_auth::DkimOutput<'_>) -> bool {
+    let mismatch = mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch);
+    matches!(d.result(), DkimResult::Neutral(e) | DkimResult::Fail(e) if *e == mismatch)
+        && d.signature()
+            .is_some_and(|s| s.cb == Canonicalization::Relaxed)
+}
+
+/// The message with the whitespace-only lines at the end of its body emptied, or `None`
+/// when there are none. RFC 6376 §3.4.4 relaxed body canonicalization strips trailing
+/// whitespace from every line and then ignores empty lines at the end, so both bodies have
+/// the same relaxed form; mail-auth 0.13.3 keeps such lines in that form (fixed in later
+/// versions), and would fail a correct signature without this.
+fn relaxed_tail_fixed(message: &[u8]) -> Option<Vec<u8>> {
+    let body_start = message.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let body = &message[body_start..];
+    // Walk back over the trailing lines made only of SP, HTAB and their CRLF.
+    let mut tail = body.len();
+    let mut has_whitespace = false;
+    loop {
+        let Some(before_crlf) = body[..tail].strip_suffix(b"\r\n") else {
+            break;
+        };
+        let line_start = before_crlf
+            .windows(2)
+            .rposition(|w| w == b"\r\n")
+            .map_or(0, |i| i + 2);
+        let line = &before_crlf[line_start..];
+        if !line.iter().all(|b| *b == b' ' || *b == b'\t') {
+            break;
+        }
+        has_whitespace |= !line.is_empty();
+        tail = line_start;
+    }
+    if !has_whitespace {
+        return None;
+    }
+    let lines = body[tail..].windows(2).filter(|w| *w == b"\r\n").count();
+    let mut fixed = message[..body_start + tail].to_vec();
+    fixed.extend(std::iter::repeat_n(b"\r\n".iter().copied(), lines).flatten());
+    Some(fixed)
 }
 
 /// RFC 8617 §5.2: when the newest ARC-Message-Signature does not validate, the chain fails.
@@ -243,6 +304,25 @@ mod tests {
             dmarc_fail: dmarc.map(|p| ("from.test".to_string(), p)),
             ip: IpAddr::from([192, 0, 2, 1]),
         }
+    }
+
+    #[test]
+    fn trailing_whitespace_lines_are_emptied() {
+        let fixed =
+            |m: &[u8]| relaxed_tail_fixed(m).map(|v| String::from_utf8(v).unwrap_or_default());
+        assert_eq!(
+            fixed(b"A: b\r\n\r\nHello!\r\n  \r\n\t\r\n\r\n").as_deref(),
+            Some("A: b\r\n\r\nHello!\r\n\r\n\r\n\r\n")
+        );
+        // Nothing to change: no whitespace-only lines, or only empty ones, at the end.
+        assert_eq!(fixed(b"A: b\r\n\r\nHello!\r\n"), None);
+        assert_eq!(fixed(b"A: b\r\n\r\nHello!\r\n\r\n\r\n"), None);
+        assert_eq!(fixed(b"A: b\r\n\r\nHello! \r\nworld\r\n"), None);
+        // A body of blank lines only.
+        assert_eq!(
+            fixed(b"A: b\r\n\r\n \r\n").as_deref(),
+            Some("A: b\r\n\r\n\r\n")
+        );
     }
 
     #[test]

@@ -617,3 +617,47 @@ fn greylisting_exempts_senders_passing_spf() {
     let strict = TestServer::start("", &format!("{tables}exempt_spf_pass = false\n"));
     assert!(rcpt_after(strict.smtp, "news@vouched.test").starts_with("451 4.7.1 "));
 }
+
+#[test]
+fn relaxed_body_signatures_with_trailing_blank_lines_verify() {
+    use std::io::Write as _;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, record) = dkim_key(keys.path(), "rb", "rsa");
+    let dns = TestDns::start(vec![
+        ("rb._domainkey.relaxed.test", Rr::Txt(record)),
+        ("relaxed.test", Rr::Txt("v=spf1 -all".into())),
+        ("_dmarc.relaxed.test", Rr::Txt("v=DMARC1; p=reject".into())),
+    ]);
+    let s = TestServer::start("", &dns.config());
+    // RFC 6376 §3.4.4: relaxed body canonicalization reduces the whitespace-only lines at
+    // the end to nothing, so this body hashes like "Hello!\r\n".
+    let message = b"From: a@relaxed.test\r\nTo: postmaster@localhost\r\nSubject: blank tail\r\n\r\nHello!\r\n  \r\n\t\r\n\r\n";
+    let mut child = Command::new("/usr/bin/dkimsign")
+        .args([
+            "rb",
+            "relaxed.test",
+            key.to_str().unwrap(),
+            "--bcanon",
+            "relaxed",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let signed = child.wait_with_output().unwrap().stdout;
+    let r = send_raw(s.smtp, "a@relaxed.test", "postmaster@localhost", &signed);
+    assert!(r.starts_with("250 "), "{r}\n{}", s.log());
+    let mail = s.wait_for_mail("localhost", "postmaster", 1);
+    let (_, trace, rest) = split_delivered(&mail[0]);
+    assert!(
+        trace.contains("dkim=pass") && trace.contains("dmarc=pass"),
+        "{trace}"
+    );
+    // The message is delivered as sent.
+    assert!(
+        rest.ends_with(b"Hello!\n  \n\t\n\n"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
