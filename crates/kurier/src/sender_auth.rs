@@ -208,10 +208,7 @@ fn relaxed_tail_fixed(message: &[u8]) -> Option<Vec<u8>> {
     // Walk back over the trailing lines made only of SP, HTAB and their CRLF.
     let mut tail = body.len();
     let mut has_whitespace = false;
-    loop {
-        let Some(before_crlf) = body[..tail].strip_suffix(b"\r\n") else {
-            break;
-        };
+    while let Some(before_crlf) = body[..tail].strip_suffix(b"\r\n") {
         let line_start = before_crlf
             .windows(2)
             .rposition(|w| w == b"\r\n")
