@@ -56,13 +56,13 @@ impl Domain {
         if s.starts_with('[') {
             return parse_address_literal(s).map(Domain);
         }
-        let s = s.strip_suffix('.').unwrap_or(s);
-        for label in s.split('.') {
-            if !valid_label(label) {
-                return Err(AddressError::BadDomain);
-            }
+        // The stored (lower-case) form is what gets checked: lowering can change a name,
+        // e.g. "İ" becomes "i" and a combining dot, which is no letter, or grow it.
+        let lower = s.strip_suffix('.').unwrap_or(s).to_lowercase();
+        if lower.len() > MAX_DOMAIN || !lower.split('.').all(valid_label) {
+            return Err(AddressError::BadDomain);
         }
-        Ok(Domain(s.to_lowercase()))
+        Ok(Domain(lower))
     }
 
     /// The domain as text, lower case.
@@ -407,6 +407,19 @@ mod tests {
         // Found by fuzzing.
         let m = mb("\"moe\"@[IPv:@2]");
         assert_eq!(m.domain().as_str(), "[IPv:@2]");
+        assert_eq!(Mailbox::parse(&m.to_string()), Ok(m));
+    }
+
+    #[test]
+    fn domain_is_checked_in_the_case_it_is_stored() {
+        // Found by fuzzing: "İ" lowers to "i" and a combining dot, which no label may hold,
+        // so the address could be parsed but not parsed again from its own text.
+        assert_eq!(
+            Mailbox::parse("z\u{fc}@\u{f6}b\u{fc}\u{130}\u{f6}"),
+            Err(AddressError::BadDomain)
+        );
+        let m = mb("a@B\u{dc}CHER.example");
+        assert_eq!(m.domain().as_str(), "b\u{fc}cher.example");
         assert_eq!(Mailbox::parse(&m.to_string()), Ok(m));
     }
 
