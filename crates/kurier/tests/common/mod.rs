@@ -241,7 +241,16 @@ impl TestServer {
     /// Waits (bounded) until the mailbox has `count` messages in new/; returns them in
     /// file-name order.
     pub fn wait_for_mail(&self, domain: &str, user: &str, count: usize) -> Vec<Vec<u8>> {
-        let new = self.maildir(domain, user).join("new");
+        self.wait_for_files(&self.maildir(domain, user), count)
+    }
+
+    /// The same for the mailbox's Junk folder (Maildir++ `.Junk`).
+    pub fn wait_for_junk(&self, domain: &str, user: &str, count: usize) -> Vec<Vec<u8>> {
+        self.wait_for_files(&self.maildir(domain, user).join(".Junk"), count)
+    }
+
+    fn wait_for_files(&self, maildir: &Path, count: usize) -> Vec<Vec<u8>> {
+        let new = maildir.join("new");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let files = list(&new);
