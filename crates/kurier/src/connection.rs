@@ -182,7 +182,7 @@ async fn run(
                     };
                     // Greylisting may exempt senders that pass SPF: checked once per
                     // transaction, bounded in time (a slow DNS server means no exemption).
-                    if mail_spf_pass.is_none() && inbound::greylist_wants_spf(ctx, &client) {
+                    if mail_spf_pass.is_none() && inbound::greylist_wants_spf(ctx, &to, &client) {
                         let sender = client
                             .from
                             .and_then(|f| f.mailbox())

@@ -314,7 +314,7 @@ impl Engine {
             let quarantines = self
                 .config
                 .authentication
-                .policy(&mailbox.domain().to_string())
+                .policy(mailbox.domain().as_str())
                 .dmarc_quarantine;
             match self.directory.resolve(&mailbox) {
                 Resolution::Local(targets) => {

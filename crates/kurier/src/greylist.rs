@@ -30,6 +30,20 @@ pub struct Greylist {
     entries: Mutex<HashMap<String, Entry>>,
 }
 
+/// The greylisting key: client network, sender and recipient, in lower case.
+fn triplet(ip: IpAddr, from: &ReversePath, to: &Mailbox) -> String {
+    let sender = from
+        .mailbox()
+        .map(|m| m.to_string().to_lowercase())
+        .unwrap_or_default();
+    format!(
+        "{} {} {}",
+        network(ip),
+        sender,
+        to.to_string().to_lowercase()
+    )
+}
+
 /// The network a client is greylisted as.
 fn network(ip: IpAddr) -> String {
     match ip {
@@ -79,18 +93,18 @@ impl Greylist {
         self.config.exempt_spf_pass
     }
 
+    /// True when this triplet has passed already and is still remembered: its recipient
+    /// will be accepted whatever else is known of the sender.
+    pub fn has_passed(&self, ip: IpAddr, from: &ReversePath, to: &Mailbox, now: u64) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(&triplet(ip, from, to))
+            .is_some_and(|e| e.passed && !self.expired(e, now))
+    }
+
     /// Decides a recipient: `None` to accept, or the 451 reply.
     pub fn check(&self, ip: IpAddr, from: &ReversePath, to: &Mailbox, now: u64) -> Option<Reply> {
-        let sender = from
-            .mailbox()
-            .map(|m| m.to_string().to_lowercase())
-            .unwrap_or_default();
-        let key = format!(
-            "{} {} {}",
-            network(ip),
-            sender,
-            to.to_string().to_lowercase()
-        );
+        let key = triplet(ip, from, to);
         let delay = self.config.delay.as_secs();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.get(&key).is_some_and(|e| self.expired(e, now)) {
@@ -157,8 +171,10 @@ mod tests {
         let r = g.check(ip, &from, &to, 1000).unwrap();
         assert_eq!((r.code, r.enhanced), (451, Some(codes::GREYLISTED)));
         assert!(g.check(ip, &from, &to, 1200).is_some(), "too early");
+        assert!(!g.has_passed(ip, &from, &to, 1200));
         // Another address of the same /24 counts as the same client.
         assert!(g.check([192, 0, 2, 8].into(), &from, &to, 1300).is_none());
+        assert!(g.has_passed(ip, &from, &to, 1300));
         assert!(g.check(ip, &from, &to, 1400).is_none());
         let other = Mailbox::parse("v@dst.test").unwrap();
         assert!(

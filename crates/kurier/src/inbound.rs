@@ -85,18 +85,20 @@ pub struct Client<'a> {
     pub spf_pass: Option<bool>,
 }
 
-/// True when greylisting would apply to this client's recipients and a sender passing SPF
-/// is exempt: the caller then evaluates SPF once for the transaction and fills in
-/// [`Client::spf_pass`].
-pub fn greylist_wants_spf(ctx: &Context, client: &Client<'_>) -> bool {
-    let Some(g) = &ctx.greylist else {
+/// True when greylisting would decide this recipient and a sender passing SPF is exempt:
+/// the caller then evaluates SPF (once per transaction) and fills in [`Client::spf_pass`].
+/// A triplet that passed before needs no SPF lookups.
+pub fn greylist_wants_spf(ctx: &Context, to: &ForwardPath, client: &Client<'_>) -> bool {
+    let (Some(g), Some(from), ForwardPath::Mailbox(to)) = (&ctx.greylist, client.from, to) else {
         return false;
     };
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
     g.exempts_spf_pass()
         && client.auth.is_none()
         && client.role == kurier_smtp::Role::Smtp
         && !g.exempt(client.ip)
-        && client.from.is_some_and(|f| f.mailbox().is_some())
+        && from.mailbox().is_some()
+        && !g.has_passed(client.ip, from, to, now)
 }
 
 /// RCPT TO: local users, aliases and postmaster are accepted; unknown local users get 550
