@@ -16,6 +16,9 @@ impl fmt::Display for EnhancedCode {
     }
 }
 
+/// The longest reply line, in octets including CRLF (RFC 5321 §4.5.3.1.5).
+pub const MAX_REPLY_LINE: usize = 512;
+
 /// One SMTP reply: a code, an optional enhanced code and one or more lines of text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -86,11 +89,24 @@ impl Reply {
         let last = self.lines.len().saturating_sub(1);
         for (i, line) in self.lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            let text = match self.enhanced {
-                Some(e) => format!("{}{}{} {}", self.code, sep, e, line),
-                None => format!("{}{}{}", self.code, sep, line),
+            let prefix = match self.enhanced {
+                Some(e) => format!("{}{}{} ", self.code, sep, e),
+                None => format!("{}{}", self.code, sep),
             };
-            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(prefix.as_bytes());
+            // RFC 5321 §4.5.3.1.5: a reply line holds at most 512 octets with its CRLF.
+            // Text that echoes a long address is cut (at a character boundary) to fit.
+            let room = MAX_REPLY_LINE - 2 - prefix.len();
+            if line.len() <= room {
+                out.extend_from_slice(line.as_bytes());
+            } else {
+                let mut cut = room - 3;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.extend_from_slice(&line.as_bytes()[..cut]);
+                out.extend_from_slice(b"...");
+            }
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -189,6 +205,31 @@ mod tests {
     fn single_line_with_enhanced_code() {
         let r = Reply::new(250, codes::OK, "Ok");
         assert_eq!(r.to_bytes(), b"250 2.0.0 Ok\r\n");
+    }
+
+    #[test]
+    fn long_lines_are_cut_to_512_octets() {
+        // Found by fuzzing: a reply echoing a long address went past the line limit.
+        let address = "\u{e9}".repeat(400); // 800 octets
+        for r in [
+            Reply::new(
+                553,
+                codes::NOT_AUTHORIZED,
+                format!("<{address}>: not yours"),
+            ),
+            Reply::multiline(250, vec![address.clone(), "last".into()]),
+        ] {
+            let wire = r.to_bytes();
+            let text = String::from_utf8(wire).expect("cut at a character boundary");
+            for line in text.split_inclusive("\r\n") {
+                assert!(line.len() <= MAX_REPLY_LINE, "{} octets", line.len());
+                assert!(line.ends_with("\r\n"));
+            }
+        }
+        let r = Reply::new(553, codes::NOT_AUTHORIZED, "x".repeat(600));
+        let wire = r.to_bytes();
+        assert_eq!(wire.len(), MAX_REPLY_LINE);
+        assert!(wire.ends_with(b"...\r\n"));
     }
 
     #[test]
