@@ -220,7 +220,9 @@ mod tests {
             Reply::multiline(250, vec![address.clone(), "last".into()]),
         ] {
             let wire = r.to_bytes();
-            let text = String::from_utf8(wire).expect("cut at a character boundary");
+            let Ok(text) = String::from_utf8(wire) else {
+                panic!("not cut at a character boundary");
+            };
             for line in text.split_inclusive("\r\n") {
                 assert!(line.len() <= MAX_REPLY_LINE, "{} octets", line.len());
                 assert!(line.ends_with("\r\n"));
