@@ -186,24 +186,32 @@ fn dkim_key(dir: &std::path::Path, name: &str, ktype: &str) -> (std::path::PathB
     (dir.join(format!("{name}.key")), record.trim().to_string())
 }
 
-/// Signs a message with dkimpy's dkimsign (an independent DKIM implementation).
+/// Signs a message with dkimpy's dkimsign (an independent DKIM implementation); `options`
+/// are dkimsign's, e.g. `["--signalg", "ed25519-sha256"]`.
 fn dkim_sign(
     message: &[u8],
     selector: &str,
     domain: &str,
     key: &std::path::Path,
-    alg: &str,
+    options: &[&str],
 ) -> Vec<u8> {
+    let mut cmd = Command::new("/usr/bin/dkimsign");
+    cmd.args([selector, domain, key.to_str().unwrap()])
+        .args(options);
+    filter(cmd, message)
+}
+
+/// Runs a command with `input` on its standard input; returns its standard output.
+fn filter(mut cmd: Command, input: &[u8]) -> Vec<u8> {
     use std::io::Write as _;
-    let mut child = Command::new("/usr/bin/dkimsign")
-        .args([selector, domain, key.to_str().unwrap(), "--signalg", alg])
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(message).unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{cmd:?}");
     out.stdout
 }
 
@@ -246,8 +254,14 @@ fn spf_dkim_dmarc_evaluation() {
     );
     // Signed with RSA and Ed25519 (RFC 8463) by dkimpy: both verify, DMARC passes.
     let message = b"From: News <news@good.test>\r\nTo: postmaster@localhost\r\nSubject: signed\r\nAuthentication-Results: mx.kurier.test; dkim=pass (forged)\r\n\r\nHello, verified world.\r\n";
-    let signed = dkim_sign(message, "rsa", "good.test", &rsa_key, "rsa-sha256");
-    let signed = dkim_sign(&signed, "ed", "good.test", &ed_key, "ed25519-sha256");
+    let signed = dkim_sign(message, "rsa", "good.test", &rsa_key, &[]);
+    let signed = dkim_sign(
+        &signed,
+        "ed",
+        "good.test",
+        &ed_key,
+        &["--signalg", "ed25519-sha256"],
+    );
     let r = send_raw(s.smtp, "news@good.test", "postmaster@localhost", &signed);
     assert!(r.starts_with("250 "), "{r}\n{}", s.log());
     // Plain SPF pass without DMARC.
@@ -447,7 +461,6 @@ fn dmarc_quarantine_goes_to_junk_and_spf_fail_can_be_refused() {
 /// Seals a message as a forwarder would, with dkimpy's ARC implementation (RFC 8617): the
 /// forwarder's own Authentication-Results become the ARC set's first header.
 fn arc_seal(message: &[u8], selector: &str, domain: &str, key: &std::path::Path) -> Vec<u8> {
-    use std::io::Write as _;
     let script = r#"
 import dkim, sys
 selector, domain, key = sys.argv[1].encode(), sys.argv[2].encode(), open(sys.argv[3], "rb").read()
@@ -456,16 +469,9 @@ msg = b"Authentication-Results: " + domain + b"; spf=pass smtp.mailfrom=news@ori
 seal = dkim.arc_sign(msg, selector, domain, key, domain, include_headers=[b"From", b"To", b"Subject"])
 sys.stdout.buffer.write(b"".join(seal) + msg)
 "#;
-    let mut child = Command::new("/usr/bin/python3")
-        .args(["-c", script, selector, domain, key.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(message).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    out.stdout
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", script, selector, domain, key.to_str().unwrap()]);
+    filter(cmd, message)
 }
 
 #[test]
@@ -605,7 +611,6 @@ fn greylisting_exempts_senders_passing_spf() {
 
 #[test]
 fn relaxed_body_signatures_with_trailing_blank_lines_verify() {
-    use std::io::Write as _;
     let keys = tempfile::tempdir().unwrap();
     let (key, record) = dkim_key(keys.path(), "rb", "rsa");
     let dns = TestDns::start(vec![
@@ -617,20 +622,13 @@ fn relaxed_body_signatures_with_trailing_blank_lines_verify() {
     // RFC 6376 §3.4.4: relaxed body canonicalization reduces the whitespace-only lines at
     // the end to nothing, so this body hashes like "Hello!\r\n".
     let message = b"From: a@relaxed.test\r\nTo: postmaster@localhost\r\nSubject: blank tail\r\n\r\nHello!\r\n  \r\n\t\r\n\r\n";
-    let mut child = Command::new("/usr/bin/dkimsign")
-        .args([
-            "rb",
-            "relaxed.test",
-            key.to_str().unwrap(),
-            "--bcanon",
-            "relaxed",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(message).unwrap();
-    let signed = child.wait_with_output().unwrap().stdout;
+    let signed = dkim_sign(
+        message,
+        "rb",
+        "relaxed.test",
+        &key,
+        &["--bcanon", "relaxed"],
+    );
     let r = send_raw(s.smtp, "a@relaxed.test", "postmaster@localhost", &signed);
     assert!(r.starts_with("250 "), "{r}\n{}", s.log());
     let mail = s.wait_for_mail("localhost", "postmaster", 1);
