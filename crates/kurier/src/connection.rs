@@ -22,7 +22,10 @@ use crate::stream::Conn;
 use crate::tls;
 
 /// Read buffer per connection; SMTP lines are short and DATA streams in pieces.
-const READ_BUFFER: usize = 8 * 1024;
+/// Read buffer sizes: small while a session waits for commands (idle sessions are the many),
+/// larger once a read fills it (message data), back to small between messages.
+const READ_BUFFER_SMALL: usize = 1024;
+const READ_BUFFER: usize = 16 * 1024;
 
 /// Signals from the server to its sessions.
 #[derive(Clone)]
@@ -155,7 +158,7 @@ async fn run(
     let mut mail_from = None;
     let mut mail_spf_pass: Option<bool> = None;
     let mut out = Vec::with_capacity(512);
-    let mut buf = vec![0u8; READ_BUFFER];
+    let mut buf = vec![0u8; READ_BUFFER_SMALL];
     // RFC 5321 §4.5.3.2.7: the time for a whole command, from our last reply, not per read,
     // so a client trickling one byte at a time (slowloris) is cut off like an idle one.
     let mut command_deadline = tokio::time::Instant::now() + limits.command_timeout;
@@ -298,7 +301,14 @@ async fn run(
         tokio::select! {
             read = tokio::time::timeout(timeout, conn.read(&mut buf)) => match read {
                 Ok(Ok(0)) => return "client disconnected",
-                Ok(Ok(n)) => session.receive(&buf[..n]),
+                Ok(Ok(n)) => {
+                    session.receive(&buf[..n]);
+                    if n == buf.len() && buf.len() < READ_BUFFER {
+                        buf.resize(READ_BUFFER, 0);
+                    } else if idle && buf.len() > READ_BUFFER_SMALL {
+                        buf = vec![0u8; READ_BUFFER_SMALL];
+                    }
+                }
                 Ok(Err(_)) => return "read error",
                 Err(_) => {
                     // RFC 5321 §4.5.3.2: the server may close after its timeout, with 421.
