@@ -52,11 +52,19 @@ fn free_ports<const N: usize>() -> [u16; N] {
 }
 
 impl TestServer {
-    /// Starts a server. `top` holds top-level keys, `tables` extra TOML tables.
+    /// Starts a server. `top` holds top-level keys, `tables` extra TOML tables. If one of
+    /// its ports was taken meanwhile (by anything else on the machine), it starts over on
+    /// other ports.
     pub fn start(top: &str, tables: &str) -> TestServer {
-        let mut s = Self::configured(top, tables);
-        s.spawn();
-        s
+        for _ in 0..3 {
+            let mut s = Self::configured(top, tables);
+            match s.try_spawn() {
+                Ok(()) => return s,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("server did not start:\n{log}"),
+            }
+        }
+        panic!("no free ports for a test server after three tries");
     }
 
     /// Writes the config but does not start the server (for tests that prepare the data
@@ -138,6 +146,13 @@ impl TestServer {
 
     /// Starts the binary and waits (bounded) for its ready banner.
     pub fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("server did not start:\n{log}");
+        }
+    }
+
+    /// Starts the binary and waits (bounded) for its ready banner; on failure, the log.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -163,8 +178,13 @@ impl TestServer {
             }
         });
         self.child = Some(child);
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            panic!("server did not start:\n{}", self.log());
+        // The banner, or the end of its output (it exited), or the time limit.
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.kill9();
+                Err(self.log())
+            }
         }
     }
 
