@@ -215,6 +215,12 @@ fn filter(mut cmd: Command, input: &[u8]) -> Vec<u8> {
     out.stdout
 }
 
+/// Sends a message that must be accepted (250).
+fn send_ok(port: u16, from: &str, to: &str, message: &[u8]) {
+    let r = send_raw(port, from, to, message);
+    assert!(r.starts_with("250 "), "{r}");
+}
+
 fn send_raw(port: u16, from: &str, to: &str, message: &[u8]) -> String {
     let mut w = Wire::greeted(port);
     assert!(w.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250 "));
@@ -265,20 +271,18 @@ fn spf_dkim_dmarc_evaluation() {
     let r = send_raw(s.smtp, "news@good.test", "postmaster@localhost", &signed);
     assert!(r.starts_with("250 "), "{r}\n{}", s.log());
     // Plain SPF pass without DMARC.
-    let r = send_raw(
+    send_ok(
         s.smtp,
         "a@open.test",
         "postmaster@localhost",
         b"From: a@open.test\r\nSubject: spf\r\n\r\nx\r\n",
     );
-    assert!(r.starts_with("250 "), "{r}");
-    let r = send_raw(
+    send_ok(
         s.smtp,
         "a@twice.test",
         "postmaster@localhost",
         b"From: a@twice.test\r\nSubject: twice\r\n\r\nx\r\n",
     );
-    assert!(r.starts_with("250 "), "{r}");
     let mail = s.wait_for_mail("localhost", "postmaster", 3);
     let all: Vec<String> = mail
         .iter()
@@ -414,13 +418,12 @@ fn dmarc_quarantine_goes_to_junk_and_spf_fail_can_be_refused() {
         ("strict.test", Rr::Txt("v=spf1 -all".into())),
     ]);
     let s = TestServer::start("", &dns.config());
-    let r = send_raw(
+    send_ok(
         s.smtp,
         "a@junk.test",
         "postmaster@localhost",
         b"From: a@junk.test\r\nSubject: junk\r\n\r\nx\r\n",
     );
-    assert!(r.starts_with("250 "), "{r}");
     let junk = s.wait_for_junk("localhost", "postmaster", 1);
     let maildir = s.maildir("localhost", "postmaster");
     assert!(maildir.join(".Junk/maildirfolder").exists());
@@ -431,13 +434,12 @@ fn dmarc_quarantine_goes_to_junk_and_spf_fail_can_be_refused() {
     );
     assert!(list(&maildir.join("new")).is_empty());
     // SPF fail without DMARC passes by default (DMARC decides) ...
-    let r = send_raw(
+    send_ok(
         s.smtp,
         "a@strict.test",
         "postmaster@localhost",
         b"From: a@strict.test\r\nSubject: s\r\n\r\nx\r\n",
     );
-    assert!(r.starts_with("250 "), "{r}");
     // ... and is refused with reject_spf_fail.
     let strict = TestServer::start(
         "",
@@ -485,25 +487,23 @@ fn arc_sets_from_dkimpy_are_verified() {
     let s = TestServer::start("", &dns.config());
     let message = b"From: News <news@origin.test>\r\nTo: postmaster@localhost\r\nSubject: sealed\r\n\r\nForwarded with care.\r\n";
     let sealed = arc_seal(message, "fwd", "lists.test", &key);
-    let r = send_raw(
+    send_ok(
         s.smtp,
         "bounces@lists.test",
         "postmaster@localhost",
         &sealed,
     );
-    assert!(r.starts_with("250 "), "{r}");
     // The same set over a body changed after sealing.
     let tampered = String::from_utf8(sealed)
         .unwrap()
         .replace("Subject: sealed", "Subject: tampered")
         .replace("Forwarded with care.", "Forwarded with changes.");
-    let r = send_raw(
+    send_ok(
         s.smtp,
         "bounces@lists.test",
         "postmaster@localhost",
         tampered.as_bytes(),
     );
-    assert!(r.starts_with("250 "), "{r}");
     let mail = s.wait_for_mail("localhost", "postmaster", 2);
     let texts: Vec<String> = mail
         .iter()
@@ -560,13 +560,12 @@ fn sender_policy_per_recipient_domain() {
     w.send(&kurier_smtp::data::dot_stuff(spoof));
     assert_eq!(w.reply(), refused);
     // p=quarantine to localhost: the inbox, as its policy says.
-    let r = send_raw(
+    send_ok(
         s.smtp,
         "a@shop.test",
         "postmaster@localhost",
         b"From: a@shop.test\r\nSubject: offer\r\n\r\nx\r\n",
     );
-    assert!(r.starts_with("250 "), "{r}");
     let inbox = s.wait_for_mail("localhost", "postmaster", 1);
     assert!(String::from_utf8_lossy(&inbox[0]).contains("Subject: offer"));
     let junk = s.wait_for_junk("kurier.test", "postmaster", 1);
