@@ -68,8 +68,32 @@ alias_maps =
 alias_database =
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 CF
-sed "s/^smtp      inet  n       -       y       -       -       smtpd/127.0.0.1:$PPORT inet n - n - - smtpd/" \
-  /etc/postfix/master.cf > "$P/etc/master.cf"
+# Written whole, from nothing in /etc/postfix: only the services this instance uses.
+cat > "$P/etc/master.cf" <<CF
+127.0.0.1:$PPORT inet n - n - - smtpd
+pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+tlsmgr unix - - n 1000? 1 tlsmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+local unix - n n - - local
+virtual unix - n n - - virtual
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+CF
 /usr/sbin/postfix -c "$P/etc" start >/dev/null
 
 # --- Kurier: bob@bench.test with a Maildir -----------------------------------------------

@@ -151,8 +151,38 @@ impl Drop for Permit {
     }
 }
 
+/// A started server: its listeners are bound and accepting, its delivery workers run.
+///
+/// [`start`] hands this back so that the caller (the binary, or a test in the same process)
+/// knows the bound addresses without parsing a banner, and decides when to stop.
+pub struct Running {
+    /// Each listener's role and the address it is bound to, in configuration order (a port 0
+    /// in the configuration shows here as the port the system chose).
+    pub addresses: Vec<(Role, SocketAddr)>,
+    config: Arc<Config>,
+    data_dir: PathBuf,
+    stop: CancellationToken,
+    abort: CancellationToken,
+    sessions: TaskTracker,
+    workers: TaskTracker,
+    lock: std::fs::File,
+}
+
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
+    // The handlers are in place before a port is bound: a SIGTERM that arrives while the
+    // server starts (or right after the banner) is a graceful stop, never the default action
+    // that kills the process without a 421 to anyone.
+    let signals = Signals::install();
+    let running = start(config, data_dir).await?;
+    print_banner(&running.config, &running.data_dir);
+    signals.wait().await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Binds the listeners, drops privileges, opens the data directory and starts accepting.
+pub async fn start(config: Config, data_dir: PathBuf) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let mut listeners = Vec::new();
     for l in &config.listeners {
@@ -295,6 +325,14 @@ pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
         per_ip: config.limits.connections_per_ip,
         state: Mutex::new((0, HashMap::new())),
     });
+    let addresses = listeners
+        .iter()
+        .map(|(l, role)| l.local_addr().map(|a| (*role, a)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
     let sessions = TaskTracker::new();
     let shutdown = Shutdown {
         stop: stop.clone(),
@@ -309,25 +347,41 @@ pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
         );
         sessions.spawn(accept_loop(listener, role, ctx, limiter, shutdown, tracker));
     }
-    print_banner(&config, &data_dir);
-    wait_for_signal().await;
-    tracing::info!(grace = ?config.limits.shutdown_grace, "shutting down: no new connections, finishing transactions");
-    stop.cancel();
-    sessions.close();
-    workers.close();
-    if tokio::time::timeout(config.limits.shutdown_grace, sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("grace period over: closing remaining sessions with 421");
-        abort.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), sessions.wait()).await;
+    Ok(Running {
+        addresses,
+        config,
+        data_dir,
+        stop,
+        abort,
+        sessions,
+        workers,
+        lock,
+    })
+}
+
+impl Running {
+    /// Graceful stop: no new connections; idle sessions get `421 4.3.2` at once, sessions in
+    /// a transaction may finish it within `limits.shutdown_grace` and then get the 421
+    /// (RFC 5321 §3.8); delivery workers finish their attempt.
+    pub async fn shutdown(self) {
+        let grace = self.config.limits.shutdown_grace;
+        tracing::info!(grace = ?grace, "shutting down: no new connections, finishing transactions");
+        self.stop.cancel();
+        self.sessions.close();
+        self.workers.close();
+        if tokio::time::timeout(grace, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over: closing remaining sessions with 421");
+            self.abort.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.sessions.wait()).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.workers.wait()).await;
+        let _ = std::fs::remove_file(crate::queue::socket_path(&self.data_dir));
+        tracing::info!("stopped");
+        drop(self.lock);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), workers.wait()).await;
-    let _ = std::fs::remove_file(crate::queue::socket_path(&data_dir));
-    tracing::info!("stopped");
-    drop(lock);
-    Ok(())
 }
 
 async fn accept_loop(
@@ -379,20 +433,32 @@ async fn accept_loop(
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn wait(self) {
+        match (self.term, self.int) {
+            (Some(mut term), Some(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -637,17 +637,33 @@ impl Postfix {
             d = d.display()
         );
         std::fs::write(d.join("etc/main.cf"), main_cf).unwrap();
-        let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
-        let master: String = master
-            .lines()
-            .map(|l| {
-                if l.starts_with("smtp ") && l.contains(" inet ") {
-                    format!("{ip}:25 inet n - n - - smtpd\n")
-                } else {
-                    format!("{l}\n")
-                }
-            })
-            .collect();
+        // Written whole, from nothing in /etc/postfix: only the services this instance uses,
+        // none chrooted, the SMTP server on its own address.
+        let master = format!(
+            "{ip}:25 inet n - n - - smtpd\n\
+             pickup unix n - n 60 1 pickup\n\
+             cleanup unix n - n - 0 cleanup\n\
+             qmgr unix n - n 300 1 qmgr\n\
+             tlsmgr unix - - n 1000? 1 tlsmgr\n\
+             rewrite unix - - n - - trivial-rewrite\n\
+             bounce unix - - n - 0 bounce\n\
+             defer unix - - n - 0 bounce\n\
+             trace unix - - n - 0 bounce\n\
+             verify unix - - n - 1 verify\n\
+             flush unix n - n 1000? 0 flush\n\
+             proxymap unix - - n - - proxymap\n\
+             smtp unix - - n - - smtp\n\
+             relay unix - - n - - smtp\n\
+             showq unix n - n - - showq\n\
+             error unix - - n - - error\n\
+             retry unix - - n - - error\n\
+             discard unix - - n - - discard\n\
+             local unix - n n - - local\n\
+             virtual unix - n n - - virtual\n\
+             anvil unix - - n - 1 anvil\n\
+             scache unix - - n - 1 scache\n\
+             postlog unix-dgram n - n - 1 postlogd\n"
+        );
         std::fs::write(d.join("etc/master.cf"), master).unwrap();
         let p = Postfix { dir };
         let status = Command::new(POSTFIX)

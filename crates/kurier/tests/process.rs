@@ -116,6 +116,96 @@ fn sigterm_finishes_transactions_then_exits_cleanly() {
     s.wait_for_mail("localhost", "postmaster", 1);
 }
 
+/// Keeps both cores busy while it lives, so races between the signal, the listeners and the
+/// sessions show up as they do on a loaded machine.
+struct CpuLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuLoad {
+    fn start(threads: usize) -> CpuLoad {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    // Bounded: the test ends it, and it ends itself after a minute.
+                    let until = Instant::now() + Duration::from_secs(60);
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                })
+            })
+            .collect();
+        CpuLoad { stop, threads }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn sigterm_gives_every_session_its_421_under_load() {
+    const ROUNDS: usize = 6;
+    const IDLE: usize = 25;
+    const BUSY: usize = 8;
+    let _load = CpuLoad::start(2);
+    for round in 0..ROUNDS {
+        let mut s = TestServer::start(
+            "",
+            "[limits]\nshutdown_grace = \"10s\"\nconnections_per_ip = 100\n",
+        );
+        // Every other round: a SIGTERM at once after the banner, with nobody connected,
+        // is a clean stop too (the handler is in place before the ports are bound).
+        if round % 2 == 1 {
+            let status = s.terminate();
+            assert_eq!(status.code(), Some(0), "round {round}: {}", s.log());
+            continue;
+        }
+        let mut idle: Vec<Wire> = (0..IDLE).map(|_| Wire::greeted(s.smtp)).collect();
+        let mut busy: Vec<Wire> = (0..BUSY)
+            .map(|_| {
+                let mut w = Wire::greeted(s.smtp);
+                assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+                w
+            })
+            .collect();
+        signal(s.pid(), nix::sys::signal::Signal::SIGTERM);
+        for (i, w) in idle.iter_mut().enumerate() {
+            assert_eq!(
+                w.reply(),
+                "421 4.3.2 mx.kurier.test Service shutting down, try again later\r\n",
+                "round {round}, idle session {i}:\n{}",
+                s.log()
+            );
+        }
+        for (i, w) in busy.iter_mut().enumerate() {
+            let what = format!("round {round}, busy session {i}");
+            assert!(
+                w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "),
+                "{what}"
+            );
+            assert!(w.cmd("DATA").starts_with("354 "), "{what}");
+            w.send(format!("Subject: {what}\r\n\r\nx\r\n.\r\n").as_bytes());
+            assert!(w.reply().starts_with("250 2.0.0 Ok: queued as"), "{what}");
+            assert!(w.reply().starts_with("421 4.3.2"), "{what}");
+        }
+        let status = s.terminate();
+        assert_eq!(status.code(), Some(0), "round {round}: {}", s.log());
+        s.spawn();
+        s.wait_for_mail("localhost", "postmaster", BUSY);
+    }
+}
+
 #[test]
 fn grace_period_ends_stuck_transactions() {
     let mut s = TestServer::start("", "[limits]\nshutdown_grace = \"1s\"\n");
