@@ -150,6 +150,10 @@ pub enum Action {
         username: String,
         /// The password.
         password: String,
+        /// RFC 4616 §2: the authorization identity, when the client asked to act as someone
+        /// other than `username`. Proxy authorization is not offered, so the caller refuses
+        /// such an attempt as bad credentials, counted like any other failure.
+        authzid: Option<String>,
     },
     /// Flush pending replies, run the TLS handshake, then call
     /// [`ServerSession::tls_established`]. The session has dropped every byte received
@@ -890,16 +894,13 @@ impl ServerSession {
                 "Authentication response is not UTF-8",
             ));
         };
-        if !authzid.is_empty() && authzid != user {
-            // Acting as another user (proxy authorization) is not offered.
-            self.auth_failures += 1;
-            return self.refuse(Reply::new(
-                535,
-                codes::BAD_CREDENTIALS,
-                "Authentication credentials invalid",
-            ));
-        }
-        self.authenticate(SaslMechanism::Plain, user.to_string(), pass.to_string());
+        let authzid = (!authzid.is_empty() && authzid != user).then(|| authzid.to_string());
+        self.authenticate(
+            SaslMechanism::Plain,
+            user.to_string(),
+            pass.to_string(),
+            authzid,
+        );
     }
 
     fn sasl_login_user(&mut self, line: &[u8]) {
@@ -924,7 +925,7 @@ impl ServerSession {
             return;
         };
         match String::from_utf8(decoded) {
-            Ok(pass) => self.authenticate(SaslMechanism::Login, user, pass),
+            Ok(pass) => self.authenticate(SaslMechanism::Login, user, pass, None),
             Err(_) => self.refuse(Reply::new(
                 501,
                 codes::SYNTAX,
@@ -933,12 +934,19 @@ impl ServerSession {
         }
     }
 
-    fn authenticate(&mut self, mechanism: SaslMechanism, username: String, password: String) {
+    fn authenticate(
+        &mut self,
+        mechanism: SaslMechanism,
+        username: String,
+        password: String,
+        authzid: Option<String>,
+    ) {
         self.phase = Phase::Pending(Pending::Auth(username.clone()));
         self.actions.push_back(Action::Authenticate {
             mechanism,
             username,
             password,
+            authzid,
         });
     }
 }

@@ -86,9 +86,14 @@ impl Harness {
                     });
                 }
                 Action::Authenticate {
-                    username, password, ..
+                    username,
+                    password,
+                    authzid,
+                    ..
                 } => {
-                    let ok = username == "alice@mx.test" && password == PASSWORD;
+                    // Like the server: acting as someone else is bad credentials.
+                    let ok =
+                        authzid.is_none() && username == "alice@mx.test" && password == PASSWORD;
                     self.auth_attempts.push((username, password));
                     self.s.resolve_auth(if ok {
                         AuthVerdict::Success
@@ -529,7 +534,15 @@ fn auth_plain_with_other_authzid_is_refused() {
     // authzid "bob@mx.test", authcid alice, right password.
     let r = h.send(b"AUTH PLAIN Ym9iQG14LnRlc3QAYWxpY2VAbXgudGVzdABzZWNyZXQ=\r\n");
     assert_eq!(r, "535 5.7.8 Authentication credentials invalid\r\n");
-    assert!(h.auth_attempts.is_empty());
+    // The attempt reaches the caller (which counts it per client address), and it counts
+    // toward the per-connection limit like a wrong password.
+    assert_eq!(h.auth_attempts.len(), 1);
+    h.send(b"AUTH PLAIN Ym9iQG14LnRlc3QAYWxpY2VAbXgudGVzdABzZWNyZXQ=\r\n");
+    let r = h.send(b"AUTH PLAIN Ym9iQG14LnRlc3QAYWxpY2VAbXgudGVzdABzZWNyZXQ=\r\n");
+    assert_eq!(
+        r,
+        "535 5.7.8 Authentication credentials invalid\r\n421 4.7.0 Too many failed authentication attempts, closing connection\r\n"
+    );
 }
 
 #[test]

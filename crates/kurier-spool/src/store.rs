@@ -1,11 +1,12 @@
 //! The spool directory: commit, update, load, remove, recover.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::durable::{WriteOptions, write_atomic};
 use crate::envelope::{Envelope, QueueId};
 
 const MAGIC: &str = "KURIER-QUEUE 1";
@@ -42,9 +43,8 @@ pub enum SpoolError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-    move |source| match source.raw_os_error() {
-        // ENOSPC, EDQUOT
-        Some(28) | Some(122) => SpoolError::NoSpace {
+    move |source| match source.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => SpoolError::NoSpace {
             path: path.to_path_buf(),
         },
         _ => SpoolError::Io {
@@ -111,11 +111,6 @@ impl Spool {
             reason: e.to_string(),
         })?;
         let header = format!("{MAGIC} {} {}\n", json.len(), body.len());
-        let mut content = Vec::with_capacity(header.len() + json.len() + 1 + body.len());
-        content.extend_from_slice(header.as_bytes());
-        content.extend_from_slice(&json);
-        content.push(b'\n');
-        content.extend_from_slice(body);
         let dest = self.queue_path(&envelope.id);
         if dest.exists() {
             return Err(SpoolError::Io {
@@ -123,7 +118,7 @@ impl Spool {
                 source: io::Error::new(io::ErrorKind::AlreadyExists, "queue id already in use"),
             });
         }
-        self.write_durably(envelope.id.as_str(), &content, &dest)
+        self.write_durably(&[header.as_bytes(), &json, b"\n", body], &dest)
     }
 
     /// Records delivery progress (the whole envelope, atomically).
@@ -133,29 +128,16 @@ impl Spool {
             path: dest.clone(),
             reason: e.to_string(),
         })?;
-        self.write_durably(&format!("{}.state", envelope.id), &json, &dest)
+        self.write_durably(&[&json], &dest)
     }
 
-    /// write tmp → fsync → rename → fsync directory.
-    fn write_durably(&self, tmp_name: &str, content: &[u8], dest: &Path) -> Result<(), SpoolError> {
-        let tmp = self.root.join("tmp").join(tmp_name);
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io_err(&tmp))?;
-            f.write_all(content).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
-            fs::rename(&tmp, dest).map_err(io_err(dest))?;
-            let dir = dest.parent().unwrap_or(&self.root);
-            sync_dir(dir)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+    /// The one durable write, with the temporary file in `tmp/` (emptied by recovery).
+    fn write_durably(&self, parts: &[&[u8]], dest: &Path) -> Result<(), SpoolError> {
+        let options = WriteOptions {
+            tmp_dir: Some(self.root.join("tmp")),
+            ..WriteOptions::private()
+        };
+        write_atomic(dest, parts, &options).map_err(io_err(dest))
     }
 
     /// Loads a message: its current envelope and its bytes.
@@ -284,9 +266,7 @@ impl Spool {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    crate::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 /// Validates a queue file: header with lengths, JSON envelope, exact body length.

@@ -7,19 +7,22 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
 use aws_lc_rs::signature::KeyPair as _;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use kurier_smtp::Domain;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use thiserror::Error;
+
+use crate::data_dir::DataDir;
+use crate::fsutil::{WriteOptions, owner_for, write_atomic};
 
 /// DKIM key problems.
 #[derive(Debug, Error)]
@@ -58,10 +61,6 @@ impl Algorithm {
     }
 }
 
-fn key_dir(data_dir: &Path, domain: &str) -> PathBuf {
-    data_dir.join("dkim").join(domain)
-}
-
 fn valid_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -71,15 +70,14 @@ fn valid_label(s: &str) -> bool {
 
 /// Generates a key for `domain` and returns (key file, TXT record line to publish).
 pub fn generate(
-    data_dir: &Path,
-    domain: &str,
+    data_dir: &DataDir,
+    domain: &Domain,
     selector: &str,
     alg: Algorithm,
 ) -> Result<(PathBuf, String), DkimError> {
-    let domain = domain.to_ascii_lowercase();
-    if !valid_label(&domain) || !valid_label(selector) || selector.contains('.') {
+    if !valid_label(domain.as_str()) || !valid_label(selector) || selector.contains('.') {
         return Err(DkimError::Name(format!(
-            "bad domain {domain:?} or selector {selector:?}"
+            "bad domain {domain} or selector {selector:?}"
         )));
     }
     let key_err = |e: String| DkimError::Key(e);
@@ -101,7 +99,7 @@ pub fn generate(
             (pkcs8.as_ref().to_vec(), spki.as_ref().to_vec())
         }
     };
-    let dir = key_dir(data_dir, &domain);
+    let dir = data_dir.dkim_domain(domain);
     let path = dir.join(format!("{selector}.{}.key", alg.name()));
     let file_err = |e: std::io::Error| DkimError::File {
         path: path.clone(),
@@ -124,17 +122,12 @@ pub fn generate(
             .collect::<Vec<_>>()
             .join("\n")
     );
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(file_err)?;
-        f.write_all(pem.as_bytes()).map_err(file_err)?;
-        f.sync_all().map_err(file_err)?;
-    }
+    let once = WriteOptions {
+        replace: false,
+        owner: owner_for(data_dir.root()),
+        ..WriteOptions::private()
+    };
+    write_atomic(&path, &[pem.as_bytes()], &once).map_err(file_err)?;
     let value = format!("v=DKIM1; k={}; p={}", alg.name(), BASE64.encode(public));
     // Zone files take long TXT data as several quoted strings of at most 255 characters.
     let quoted: Vec<String> = value
@@ -194,9 +187,9 @@ const SIGNED_HEADERS: [&str; 12] = [
 
 impl Signers {
     /// Loads every key under `<data_dir>/dkim/`; a bad key file is reported and skipped.
-    pub fn load(data_dir: &Path) -> Signers {
+    pub fn load(data_dir: &DataDir) -> Signers {
         let mut keys: HashMap<String, Vec<(String, Signer)>> = HashMap::new();
-        let Ok(domains) = fs::read_dir(data_dir.join("dkim")) else {
+        let Ok(domains) = fs::read_dir(data_dir.dkim()) else {
             return Signers::default();
         };
         for d in domains.flatten() {

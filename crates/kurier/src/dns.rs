@@ -6,7 +6,7 @@
 //! - A domain that does not exist (NXDOMAIN) is a permanent failure; a DNS timeout or server
 //!   failure is temporary, never a silent success.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
@@ -54,14 +54,6 @@ pub struct MxHost {
     pub preference: u16,
 }
 
-/// Parses a name server given as "IP" or "IP:port".
-pub fn parse_server(s: &str) -> Option<SocketAddr> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, 53));
-    }
-    s.parse::<SocketAddr>().ok()
-}
-
 /// Looks up MX records and addresses.
 pub struct MxResolver {
     resolver: TokioResolver,
@@ -86,7 +78,8 @@ impl MxResolver {
         } else {
             let mut name_servers = Vec::new();
             for s in servers {
-                let addr = parse_server(s).ok_or_else(|| format!("bad name server {s:?}"))?;
+                let addr = crate::config::parse_name_server(s)
+                    .ok_or_else(|| format!("bad name server {s:?}"))?;
                 let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
                 for c in &mut ns.connections {
                     c.port = addr.port();
@@ -278,13 +271,19 @@ mod tests {
 
     #[test]
     fn server_parsing() {
-        assert_eq!(parse_server("127.0.0.1"), "127.0.0.1:53".parse().ok());
         assert_eq!(
-            parse_server("127.0.0.1:5353"),
+            crate::config::parse_name_server("127.0.0.1"),
+            "127.0.0.1:53".parse().ok()
+        );
+        assert_eq!(
+            crate::config::parse_name_server("127.0.0.1:5353"),
             "127.0.0.1:5353".parse().ok()
         );
-        assert_eq!(parse_server("[::1]:53"), "[::1]:53".parse().ok());
-        assert_eq!(parse_server("localhost"), None);
+        assert_eq!(
+            crate::config::parse_name_server("[::1]:53"),
+            "[::1]:53".parse().ok()
+        );
+        assert_eq!(crate::config::parse_name_server("localhost"), None);
     }
 
     #[test]

@@ -4,45 +4,44 @@
 //! (sans-IO) and the queue in `kurier-spool`.
 //!
 //! ## Layout
-//! - [`config`]: the TOML configuration and its embedded default.
-//! - [`directory`]: local domains, users (argon2), aliases, mailbox paths.
-//! - [`server`]: listeners, connection limits, startup order, graceful shutdown.
-//! - [`connection`]: drives one SMTP session over TCP/TLS.
-//! - [`inbound`]: relay and recipient policy; the durable commit before `250`.
-//! - [`delivery`]: local delivery workers and retries.
-//! - [`queue`]: `kurier queue` commands and the control socket.
+//! Wings (folders) own one concern each; arrows point one way, from the wings that launch work
+//! (server, cli) to the ones that do it (inbound, delivery) and down to the leaves.
+//! - [`server`]: listeners, connection limits, startup order, signals, graceful shutdown.
+//! - [`inbound`]: drives one SMTP session over TCP/TLS; the durable commit before `250`.
+//! - [`policy`]: every decision about a client or a message: relay, recipients, DNSBL,
+//!   greylisting, AUTH throttling, SPF/DKIM/DMARC and Authentication-Results.
+//! - [`delivery`]: the delivery engine: scheduling, Maildir, SMTP to other servers, bounces and
+//!   DSNs (RFC 3464).
+//! - [`cli`]: the `kurier` subcommands other than `serve`.
+//! - [`config`]: the TOML configuration, its embedded default and its validation.
+//! - [`directory`]: local domains, users (argon2), aliases.
+//!
+//! Leaves, used by several wings and using none of them:
+//! - [`data_dir`]: every path under the data directory.
+//! - [`fsutil`]: durable file writes (tmp, fsync, rename, fsync of the directory).
+//! - [`time`]: the clock and RFC 5322 dates.
+//! - [`shutdown`]: the stop and abort signals a running server passes down.
+//! - [`control`]: the queue control socket and its commands.
 //! - [`dns`]: MX and address lookups.
-//! - [`outbound`]: SMTP delivery to other servers (routes, MX, TLS, connection reuse).
-//! - [`dsn`]: delivery status notifications (RFC 3464).
-//! - [`maildir`]: Maildir writing with fsync.
-//! - [`stream`]: a connection in plaintext or TLS.
-//! - [`dnsbl`], [`greylist`], [`throttle`]: abuse defences (blocklists, greylisting, AUTH failures).
 //! - [`dkim`]: DKIM keys and signing of mail from local domains.
-//! - [`sender_auth`]: SPF, DKIM and DMARC of incoming mail, Authentication-Results.
-//! - [`spf`], [`spf_record`]: SPF evaluation with RFC 7208's strict record rules.
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
-//! - [`privilege`]: switching to an unprivileged user after binding.
+//! - [`stream`]: a connection in plaintext or TLS.
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
-pub mod connection;
+pub mod control;
+pub mod data_dir;
 pub mod delivery;
 pub mod directory;
 pub mod dkim;
 pub mod dns;
-pub mod dnsbl;
-pub mod dsn;
-pub mod greylist;
+pub mod fsutil;
 pub mod inbound;
-pub mod maildir;
-pub mod outbound;
-pub mod privilege;
-pub mod queue;
-pub mod sender_auth;
+pub mod policy;
 pub mod server;
-pub mod spf;
-pub mod spf_record;
+pub mod shutdown;
 pub mod stream;
-pub mod throttle;
+pub mod time;
 pub mod tls;

@@ -118,7 +118,7 @@ fn openspf_rfc7208_suite() {
             let ip = t["host"].as_str().unwrap().parse().unwrap();
             let helo = t["helo"].as_str().unwrap_or_default();
             let mailfrom = t["mailfrom"].as_str().unwrap_or_default();
-            let spf = rt.block_on(kurier::spf::verify(
+            let spf = rt.block_on(kurier::policy::spf::verify(
                 &resolver,
                 ip,
                 helo,

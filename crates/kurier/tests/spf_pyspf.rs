@@ -85,7 +85,7 @@ fn spf_verdicts_agree_with_pyspf() {
     let ours: Vec<&str> = cases
         .iter()
         .map(|(ip, sender, _)| {
-            let spf = rt.block_on(kurier::spf::verify(
+            let spf = rt.block_on(kurier::policy::spf::verify(
                 &resolver,
                 ip.parse().unwrap(),
                 "helo.spf.test",

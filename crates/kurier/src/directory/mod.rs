@@ -4,55 +4,24 @@
 //! which `kurier user add` writes. The server notices changes to that file (size or
 //! modification time) at the next lookup, so users added while it runs take effect at once.
 //!
+//! The lookups on the hot path live here; [`users`] edits the users file for `kurier user`.
+//!
 //! RFC 5321 §4.5.1: `postmaster` must exist in every local domain. Unless an alias says
 //! otherwise, it is a mailbox of its own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use argon2::{Argon2, PasswordVerifier};
 use kurier_smtp::{Domain, Mailbox};
-use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::config::Config;
+use crate::data_dir::DataDir;
 
-/// Failures managing users.
-#[derive(Debug, Error)]
-pub enum DirectoryError {
-    /// The address is malformed or not in a local domain.
-    #[error("{0}")]
-    BadAddress(String),
-    /// `user add` for an existing user.
-    #[error("user {0} already exists (use `kurier user passwd` to change the password)")]
-    Exists(String),
-    /// `user passwd`/`user del` for an unknown user.
-    #[error("no user {0} in {1}")]
-    Unknown(String, PathBuf),
-    /// The users file is unreadable or malformed.
-    #[error("{path}: {message}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// Hashing failed.
-    #[error("password hashing failed: {0}")]
-    Hash(String),
-}
-
-/// The users file as stored.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsersFile {
-    #[serde(default)]
-    users: BTreeMap<String, String>,
-}
+pub mod users;
 
 /// The users file, cached and reloaded when it changes.
 #[derive(Debug)]
@@ -70,7 +39,7 @@ pub struct Directory {
     users_path: PathBuf,
     cache: Mutex<UsersCache>,
     delimiter: Option<char>,
-    mail_root: PathBuf,
+    data_dir: DataDir,
     senders: HashMap<String, Vec<String>>,
 }
 
@@ -91,24 +60,9 @@ pub fn address_key(m: &Mailbox) -> String {
     format!("{}@{}", m.local().to_lowercase(), m.domain())
 }
 
-/// A mailbox name must also be a safe directory name.
-pub fn check_mailbox_name(address: &str) -> Result<(), String> {
-    let m = Mailbox::parse(address).map_err(|e| format!("{address:?}: {e}"))?;
-    let local = m.local();
-    if local.starts_with('.')
-        || local.contains(['/', '\\'])
-        || local.chars().any(char::is_whitespace)
-    {
-        return Err(format!(
-            "{address:?}: a user's local part may not start with a dot or contain slashes or spaces"
-        ));
-    }
-    Ok(())
-}
-
 impl Directory {
     /// Builds the directory from the config and the data directory.
-    pub fn new(config: &Config, data_dir: &Path) -> Directory {
+    pub fn new(config: &Config, data_dir: &DataDir) -> Directory {
         let parse = |s: &str| Mailbox::parse(s).ok();
         let aliases = config
             .aliases
@@ -127,13 +81,13 @@ impl Directory {
             domains: config.local_domains(),
             aliases,
             config_users,
-            users_path: users_path(data_dir),
+            users_path: data_dir.users_file(),
             cache: Mutex::new(UsersCache {
                 stamp: None,
                 users: Arc::new(HashMap::new()),
             }),
             delimiter: config.recipient_delimiter.chars().next(),
-            mail_root: data_dir.join("mail"),
+            data_dir: data_dir.clone(),
             senders: config
                 .senders
                 .iter()
@@ -157,9 +111,7 @@ impl Directory {
 
     /// The Maildir of a local mailbox: `<data_dir>/mail/<domain>/<local part>/`.
     pub fn maildir(&self, m: &Mailbox) -> PathBuf {
-        self.mail_root
-            .join(m.domain().as_str())
-            .join(m.local().to_lowercase())
+        self.data_dir.maildir(m)
     }
 
     /// Users from the users file, reloaded if it changed since the last call.
@@ -172,7 +124,7 @@ impl Directory {
             Err(poisoned) => poisoned.into_inner(),
         };
         if cache.stamp != stamp {
-            match read_users_file(&self.users_path) {
+            match users::read_users_file(&self.users_path) {
                 Ok(file) => {
                     let users = file
                         .users
@@ -289,135 +241,12 @@ impl Directory {
 /// A valid argon2id hash of a random string, used to equalize timing for unknown users.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Lbu4nRzaQ1YJO2n8wAozrVmDwWmc3lMaQUtUx0tdCTw";
 
-/// `<data_dir>/users.toml`.
-pub fn users_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("users.toml")
-}
-
-fn read_users_file(path: &Path) -> Result<UsersFile, DirectoryError> {
-    match fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| DirectoryError::File {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(UsersFile::default()),
-        Err(e) => Err(DirectoryError::File {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }),
-    }
-}
-
-/// Hashes a password with argon2id (PHC string).
-pub fn hash_password(password: &str) -> Result<String, DirectoryError> {
-    Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| DirectoryError::Hash(e.to_string()))
-}
-
-/// What `kurier user` does to the users file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UserChange {
-    /// Add a new user.
-    Add,
-    /// Change an existing user's password.
-    Passwd,
-    /// Remove a user.
-    Delete,
-}
-
-/// Edits `<data_dir>/users.toml` under a lock, writing atomically (tmp, fsync, rename), so a
-/// running server never sees a half-written file.
-pub fn change_user(
-    config: &Config,
-    data_dir: &Path,
-    address: &str,
-    change: UserChange,
-    password: Option<&str>,
-) -> Result<(), DirectoryError> {
-    check_mailbox_name(address).map_err(DirectoryError::BadAddress)?;
-    let m = Mailbox::parse(address).map_err(|e| DirectoryError::BadAddress(e.to_string()))?;
-    if !config.local_domains().contains(m.domain()) {
-        return Err(DirectoryError::BadAddress(format!(
-            "{} is not a local domain (local domains: {}); add it to `domains` in the config",
-            m.domain(),
-            config.domains.join(", ")
-        )));
-    }
-    let key = address_key(&m);
-    let path = users_path(data_dir);
-    let file_err = |e: io::Error| DirectoryError::File {
-        path: path.clone(),
-        message: e.to_string(),
-    };
-    fs::create_dir_all(data_dir).map_err(file_err)?;
-    let lock = fs::File::create(data_dir.join("users.lock")).map_err(file_err)?;
-    lock.lock().map_err(file_err)?;
-    let mut file = read_users_file(&path)?;
-    match change {
-        UserChange::Add if file.users.contains_key(&key) || config.users.contains_key(&key) => {
-            return Err(DirectoryError::Exists(key));
-        }
-        UserChange::Passwd | UserChange::Delete if !file.users.contains_key(&key) => {
-            return Err(DirectoryError::Unknown(key, path));
-        }
-        UserChange::Add | UserChange::Passwd => {
-            let hash = hash_password(password.unwrap_or_default())?;
-            file.users.insert(key, hash);
-        }
-        UserChange::Delete => {
-            file.users.remove(&key);
-        }
-    }
-    let text = format!(
-        "# Kurier users: address = argon2 password hash. Managed by `kurier user`.\n{}",
-        toml::to_string_pretty(&file).map_err(|e| DirectoryError::Hash(e.to_string()))?
-    );
-    let tmp = data_dir.join("users.toml.tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(file_err)?;
-        f.write_all(text.as_bytes()).map_err(file_err)?;
-        f.sync_all().map_err(file_err)?;
-    }
-    // Started as root for a server that runs as another user: hand the file to the data
-    // directory's owner so the server can read it.
-    if let Ok(meta) = fs::metadata(data_dir) {
-        use std::os::unix::fs::MetadataExt;
-        if nix::unistd::geteuid().is_root() && meta.uid() != 0 {
-            let _ = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
-        }
-    }
-    fs::rename(&tmp, &path).map_err(file_err)?;
-    fs::File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(file_err)?;
-    Ok(())
-}
-
-/// Lists users from the users file and the config.
-pub fn list_users(config: &Config, data_dir: &Path) -> Result<Vec<String>, DirectoryError> {
-    let mut users: Vec<String> = read_users_file(&users_path(data_dir))?
-        .users
-        .into_keys()
-        .collect();
-    users.extend(config.users.keys().cloned());
-    users.sort();
-    users.dedup();
-    Ok(users)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use super::users::*;
     use super::*;
+    use std::fs;
 
     fn mb(s: &str) -> Mailbox {
         Mailbox::parse(s).unwrap()
@@ -443,7 +272,7 @@ mod tests {
         let (dir, config) = setup();
         change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "Alice@Example.test",
             UserChange::Add,
             Some("pw"),
@@ -451,13 +280,13 @@ mod tests {
         .unwrap();
         change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "bob@example.test",
             UserChange::Add,
             Some("pw2"),
         )
         .unwrap();
-        let d = Directory::new(&config, dir.path());
+        let d = Directory::new(&config, &DataDir::new(dir.path()));
         assert_eq!(
             d.resolve(&mb("alice@example.test")),
             Resolution::Local(vec![mb("alice@example.test")])
@@ -506,7 +335,7 @@ mod tests {
         .unwrap();
         change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "alice@example.test",
             UserChange::Add,
             Some("pw"),
@@ -514,13 +343,13 @@ mod tests {
         .unwrap();
         change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "bob@example.test",
             UserChange::Add,
             Some("pw"),
         )
         .unwrap();
-        let d = Directory::new(&config, dir.path());
+        let d = Directory::new(&config, &DataDir::new(dir.path()));
         assert!(d.may_send_as("alice@example.test", &mb("Alice@Example.test")));
         assert!(d.may_send_as("alice@example.test", &mb("alice+lists@example.test")));
         assert!(
@@ -543,11 +372,11 @@ mod tests {
     #[test]
     fn passwords_and_live_reload() {
         let (dir, config) = setup();
-        let d = Directory::new(&config, dir.path());
+        let d = Directory::new(&config, &DataDir::new(dir.path()));
         assert!(!d.verify_password("alice@example.test", "pw"));
         change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "alice@example.test",
             UserChange::Add,
             Some("pw"),
@@ -561,7 +390,7 @@ mod tests {
         assert!(!d.verify_password("alice@example.test", "wrong"));
         change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "alice@example.test",
             UserChange::Passwd,
             Some("new"),
@@ -570,7 +399,7 @@ mod tests {
         assert!(d.verify_password("alice@example.test", "new"));
         change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "alice@example.test",
             UserChange::Delete,
             None,
@@ -585,7 +414,7 @@ mod tests {
         let (dir, config) = setup();
         change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "alice@example.test",
             UserChange::Add,
             Some("pw"),
@@ -593,7 +422,7 @@ mod tests {
         .unwrap();
         let e = change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "alice@example.test",
             UserChange::Add,
             Some("pw"),
@@ -601,7 +430,7 @@ mod tests {
         assert!(matches!(e, Err(DirectoryError::Exists(_))));
         let e = change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "bob@example.test",
             UserChange::Passwd,
             Some("pw"),
@@ -609,7 +438,7 @@ mod tests {
         assert!(matches!(e, Err(DirectoryError::Unknown(..))));
         let e = change_user(
             &config,
-            dir.path(),
+            &DataDir::new(dir.path()),
             "x@remote.test",
             UserChange::Add,
             Some("pw"),
@@ -622,16 +451,23 @@ mod tests {
             "nodomain",
         ] {
             assert!(
-                change_user(&config, dir.path(), bad, UserChange::Add, Some("pw")).is_err(),
+                change_user(
+                    &config,
+                    &DataDir::new(dir.path()),
+                    bad,
+                    UserChange::Add,
+                    Some("pw")
+                )
+                .is_err(),
                 "{bad}"
             );
         }
         assert_eq!(
-            list_users(&config, dir.path()).unwrap(),
+            list_users(&config, &DataDir::new(dir.path())).unwrap(),
             vec!["alice@example.test".to_string()]
         );
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(users_path(dir.path()))
+        let mode = fs::metadata(DataDir::new(dir.path()).users_file())
             .unwrap()
             .permissions()
             .mode();
@@ -644,7 +480,7 @@ mod tests {
         let config =
             Config::parse(&format!("[users]\n\"carol@localhost\" = \"{hash}\"\n")).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let d = Directory::new(&config, dir.path());
+        let d = Directory::new(&config, &DataDir::new(dir.path()));
         assert!(d.verify_password("carol@localhost", "cfgpw"));
         assert_eq!(
             d.resolve(&mb("carol@localhost")),

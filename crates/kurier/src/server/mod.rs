@@ -1,16 +1,20 @@
-//! The running server: listeners, connection limits, startup order and graceful shutdown.
+//! The running server: listeners, connection limits, startup order, signals and graceful
+//! shutdown. It builds the other wings' shared state and launches them; nothing depends on
+//! it in return.
 //!
 //! Startup order matters for safety: bind the ports (possibly as root), read a configured
 //! certificate, switch to the unprivileged user, and only then touch the data directory
 //! (lock, spool, users), so the spool is never written as root.
+//!
+//! - [`listen`]: the accept loop and connection limits.
+//! - [`privilege`]: switching to the unprivileged user.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use kurier_smtp::{Reply, Role, codes};
+use kurier_smtp::Role;
 use kurier_spool::{Spool, SpoolError};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -19,15 +23,29 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::connection::{self, Shutdown};
-use crate::delivery::{self, DeliveryHandle};
+use crate::data_dir::DataDir;
+use crate::delivery::{self, smtp::Outbound};
 use crate::directory::Directory;
 use crate::dkim::Signers;
 use crate::dns::MxResolver;
-use crate::greylist::Greylist;
-use crate::outbound::Outbound;
-use crate::throttle::{AuthThrottle, RateLimit};
-use crate::{privilege, tls};
+use crate::inbound::Inbound;
+use crate::policy::Policy;
+use crate::policy::greylist::Greylist;
+use crate::policy::throttle::{AuthThrottle, RateLimit};
+use crate::shutdown::Shutdown;
+use crate::time::unix_now;
+use crate::{control, tls};
+
+mod banner;
+mod listen;
+pub mod privilege;
+
+/// How often greylisting state is saved (and once more at shutdown), so it survives restarts.
+const GREYLIST_SAVE_INTERVAL: Duration = Duration::from_secs(30);
+/// After the grace period, how long sessions get to send their 421 and close.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long delivery workers get to finish their attempt at shutdown.
+const WORKERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -74,83 +92,6 @@ pub enum StartError {
     Outbound(String),
 }
 
-/// Shared state of the running server.
-pub struct Context {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// Users, aliases, domains.
-    pub directory: Arc<Directory>,
-    /// The queue.
-    pub spool: Spool,
-    /// TLS, when a certificate is available.
-    pub tls: Option<TlsAcceptor>,
-    /// Delivery workers.
-    pub delivery: DeliveryHandle,
-    /// DNS for inbound checks (DNSBL).
-    pub resolver: Arc<MxResolver>,
-    /// Greylisting, when enabled.
-    pub greylist: Option<Arc<Greylist>>,
-    /// AUTH failures per client address.
-    pub auth_throttle: AuthThrottle,
-    /// Messages per minute per client address.
-    pub message_rate: RateLimit,
-    /// DKIM keys of the local domains.
-    pub signers: Arc<Signers>,
-}
-
-/// Counts connections in total and per client address (RFC 5321 §4.5.3.2 lets a server
-/// refuse with 421 when it is too busy).
-struct Limiter {
-    total: usize,
-    per_ip: usize,
-    state: Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
-struct Permit {
-    limiter: Arc<Limiter>,
-    ip: IpAddr,
-}
-
-impl Limiter {
-    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Reply> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.0 >= self.total {
-            return Err(Reply::new(
-                421,
-                codes::SECURITY_TEMP,
-                "Too many connections, try again later",
-            ));
-        }
-        let n = s.1.entry(ip).or_insert(0);
-        if *n >= self.per_ip {
-            return Err(Reply::new(
-                421,
-                codes::SECURITY_TEMP,
-                "Too many connections from your address, try again later",
-            ));
-        }
-        *n += 1;
-        s.0 += 1;
-        Ok(Permit {
-            limiter: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut s = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.0 = s.0.saturating_sub(1);
-        if let Some(n) = s.1.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                s.1.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// A started server: its listeners are bound and accepting, its delivery workers run.
 ///
 /// [`start`] hands this back so that the caller (the binary, or a test in the same process)
@@ -160,7 +101,7 @@ pub struct Running {
     /// in the configuration shows here as the port the system chose).
     pub addresses: Vec<(Role, SocketAddr)>,
     config: Arc<Config>,
-    data_dir: PathBuf,
+    data_dir: DataDir,
     stop: CancellationToken,
     abort: CancellationToken,
     sessions: TaskTracker,
@@ -169,20 +110,20 @@ pub struct Running {
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn run(config: Config, data_dir: PathBuf) -> Result<(), StartError> {
+pub async fn run(config: Config, data_dir: DataDir) -> Result<(), StartError> {
     // The handlers are in place before a port is bound: a SIGTERM that arrives while the
     // server starts (or right after the banner) is a graceful stop, never the default action
     // that kills the process without a 421 to anyone.
     let signals = Signals::install();
     let running = start(config, data_dir).await?;
-    print_banner(&running.config, &running.data_dir);
+    banner::print_banner(&running.config, running.data_dir.root());
     signals.wait().await;
     running.shutdown().await;
     Ok(())
 }
 
 /// Binds the listeners, drops privileges, opens the data directory and starts accepting.
-pub async fn start(config: Config, data_dir: PathBuf) -> Result<Running, StartError> {
+pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let mut listeners = Vec::new();
     for l in &config.listeners {
@@ -208,7 +149,7 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<Running, StartEr
         _ => None,
     };
     if let Some(user) = &config.run_as {
-        privilege::drop_to(user, &data_dir).map_err(|message| StartError::Privileges {
+        privilege::drop_to(user, data_dir.root()).map_err(|message| StartError::Privileges {
             user: user.clone(),
             message,
         })?;
@@ -217,28 +158,28 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<Running, StartEr
             "running as root: set `run_as` in the config to switch to an unprivileged user after binding"
         );
     }
-    let dir_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StartError::DataDir { path, source }
-    };
-    std::fs::create_dir_all(&data_dir).map_err(dir_err(&data_dir))?;
-    let lock_path = data_dir.join("kurier.lock");
-    let lock = std::fs::File::create(&lock_path).map_err(dir_err(&lock_path))?;
+    let dir_err = |path: PathBuf| move |source| StartError::DataDir { path, source };
+    std::fs::create_dir_all(data_dir.root()).map_err(dir_err(data_dir.root().to_path_buf()))?;
+    let lock_path = data_dir.server_lock();
+    let lock = std::fs::File::create(&lock_path).map_err(dir_err(lock_path))?;
     if lock.try_lock().is_err() {
-        return Err(StartError::AlreadyRunning(data_dir));
+        return Err(StartError::AlreadyRunning(data_dir.root().to_path_buf()));
     }
     let cert = match configured_cert {
         Some(c) => c,
         None => {
             let (c, generated) = tls::load_or_generate(&data_dir, &config.hostname)?;
             if generated {
-                tracing::info!(path = %data_dir.join("tls/cert.pem").display(), "generated a self-signed certificate");
+                tracing::info!(
+                    path = %data_dir.tls_cert().display(),
+                    "generated a self-signed certificate"
+                );
             }
             c
         }
     };
     let tls = Some(TlsAcceptor::from(tls::server_config(cert)?));
-    let (spool, recovery) = Spool::open(data_dir.join("spool"))?;
+    let (spool, recovery) = Spool::open(data_dir.spool())?;
     tracing::info!(
         queued = recovery.queued.len(),
         removed_unacknowledged = recovery.removed_tmp,
@@ -249,7 +190,9 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<Running, StartEr
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
     let workers = TaskTracker::new();
-    let outbound = Arc::new(Outbound::new(&config).map_err(StartError::Outbound)?);
+    let resolver = Arc::new(MxResolver::new(&config.dns.servers).map_err(StartError::Outbound)?);
+    let outbound =
+        Arc::new(Outbound::new(&config, resolver.clone()).map_err(StartError::Outbound)?);
     let signers = Arc::new(Signers::load(&data_dir));
     let delivery = delivery::start(
         delivery::Setup {
@@ -263,32 +206,27 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<Running, StartEr
         stop.clone(),
         &workers,
     );
-    let control = crate::queue::bind(&data_dir).map_err(|source| StartError::DataDir {
-        path: crate::queue::socket_path(&data_dir),
-        source,
-    })?;
-    workers.spawn(crate::queue::serve(
+    let control = control::bind(&data_dir).map_err(dir_err(data_dir.control_socket()))?;
+    let engine = delivery.engine().clone();
+    workers.spawn(control::serve(
         control,
-        delivery.engine().clone(),
+        move |cmd| {
+            let engine = engine.clone();
+            async move { engine.command(cmd).await }
+        },
         stop.clone(),
     ));
-    let resolver = Arc::new(MxResolver::new(&config.dns.servers).map_err(StartError::Outbound)?);
     let greylist = config.greylisting.enabled.then(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         Arc::new(Greylist::open(
             config.greylisting.clone(),
-            data_dir.join("greylist.json"),
-            now,
+            data_dir.greylist(),
+            unix_now(),
         ))
     });
     if let Some(g) = greylist.clone() {
-        // Saved every 30 s and once more at shutdown, so the state survives restarts.
         let stop = stop.clone();
         workers.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut tick = tokio::time::interval(GREYLIST_SAVE_INTERVAL);
             loop {
                 let stopping = tokio::select! {
                     _ = tick.tick() => false,
@@ -308,44 +246,43 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<Running, StartEr
         config.limits.auth_failures_per_ip,
         config.limits.auth_failure_window,
     );
-    let ctx = Arc::new(Context {
+    let policy = Policy {
         config: config.clone(),
         directory,
-        spool,
-        tls,
-        delivery,
         resolver,
         greylist,
         auth_throttle,
         message_rate: RateLimit::per_minute(config.limits.messages_per_minute),
+    };
+    let inbound = Arc::new(Inbound {
+        config: config.clone(),
+        policy,
+        spool,
+        tls,
+        delivery,
         signers,
     });
-    let limiter = Arc::new(Limiter {
-        total: config.limits.connections,
-        per_ip: config.limits.connections_per_ip,
-        state: Mutex::new((0, HashMap::new())),
-    });
+    let limiter = listen::Limiter::new(config.limits.connections, config.limits.connections_per_ip);
     let addresses = listeners
         .iter()
         .map(|(l, role)| l.local_addr().map(|a| (*role, a)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| StartError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
+        .map_err(dir_err(data_dir.root().to_path_buf()))?;
     let sessions = TaskTracker::new();
     let shutdown = Shutdown {
         stop: stop.clone(),
         abort: abort.clone(),
     };
     for (listener, role) in listeners {
-        let (ctx, limiter, shutdown, tracker) = (
-            ctx.clone(),
+        let (inbound, limiter, shutdown, tracker) = (
+            inbound.clone(),
             limiter.clone(),
             shutdown.clone(),
             sessions.clone(),
         );
-        sessions.spawn(accept_loop(listener, role, ctx, limiter, shutdown, tracker));
+        sessions.spawn(listen::accept_loop(
+            listener, role, inbound, limiter, shutdown, tracker,
+        ));
     }
     Ok(Running {
         addresses,
@@ -375,61 +312,12 @@ impl Running {
         {
             tracing::warn!("grace period over: closing remaining sessions with 421");
             self.abort.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.sessions.wait()).await;
+            let _ = tokio::time::timeout(ABORT_TIMEOUT, self.sessions.wait()).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.workers.wait()).await;
-        let _ = std::fs::remove_file(crate::queue::socket_path(&self.data_dir));
+        let _ = tokio::time::timeout(WORKERS_TIMEOUT, self.workers.wait()).await;
+        let _ = std::fs::remove_file(self.data_dir.control_socket());
         tracing::info!("stopped");
         drop(self.lock);
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    role: Role,
-    ctx: Arc<Context>,
-    limiter: Arc<Limiter>,
-    shutdown: Shutdown,
-    tracker: TaskTracker,
-) {
-    let connection_rate = RateLimit::per_minute(ctx.config.limits.connections_per_minute);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.stop.cancelled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if !connection_rate.allow(peer.ip()) {
-            let reply = Reply::new(
-                421,
-                codes::SECURITY_TEMP,
-                "Too many connections per minute from your address, try again later",
-            );
-            tracing::warn!(peer = %peer.ip(), listener = %role.name(), "connection refused: {}", reply.text());
-            tracker.spawn(connection::refuse(stream, reply));
-            continue;
-        }
-        match limiter.acquire(peer.ip()) {
-            Ok(permit) => {
-                let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
-                tracker.spawn(async move {
-                    connection::serve(stream, peer, role, ctx, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(reply) => {
-                tracing::warn!(peer = %peer.ip(), listener = role.name(), "connection refused: {}", reply.text());
-                tracker.spawn(connection::refuse(stream, reply));
-            }
-        }
     }
 }
 
@@ -461,54 +349,4 @@ impl Signals {
             }
         }
     }
-}
-
-fn print_banner(config: &Config, data_dir: &Path) {
-    let domain = config
-        .domains
-        .first()
-        .map(String::as_str)
-        .unwrap_or("localhost");
-    let mut text = format!(
-        "Kurier {} is running; data in {}\n",
-        env!("CARGO_PKG_VERSION"),
-        data_dir.display()
-    );
-    for l in &config.listeners {
-        let what = match l.role {
-            crate::config::RoleName::Smtp => format!(
-                "incoming mail for {} (STARTTLS offered)",
-                config.domains.join(", ")
-            ),
-            crate::config::RoleName::Submission => {
-                "submission: STARTTLS, then AUTH PLAIN/LOGIN".to_string()
-            }
-            crate::config::RoleName::Submissions => {
-                "submission over implicit TLS, AUTH PLAIN/LOGIN".to_string()
-            }
-        };
-        text.push_str(&format!(
-            "  {:<12} {:<22} {}\n",
-            Role::from(l.role).name(),
-            l.address,
-            what
-        ));
-    }
-    let smtp = config
-        .listeners
-        .iter()
-        .find(|l| l.role == crate::config::RoleName::Smtp)
-        .map(|l| l.address.to_string())
-        .unwrap_or_else(|| "HOST:PORT".into());
-    text.push_str(&format!(
-        "Mail is delivered to Maildirs under {}/mail/<domain>/<user>/ (postmaster@{domain} exists from the start)\n\
-         Add a user:  kurier user add alice@{domain} --data-dir {}\n\
-         Try it:      swaks --server {smtp} --to postmaster@{domain}\n\
-         Stop with Ctrl-C.\n",
-        data_dir.display(),
-        data_dir.display()
-    ));
-    print!("{text}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
 }

@@ -136,10 +136,7 @@ impl Greylist {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             serde_json::to_vec(&*entries).map_err(std::io::Error::other)?
         };
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, data)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        crate::fsutil::write_private(&self.path, &data)
     }
 }
 

@@ -1,8 +1,8 @@
 //! TLS for the listeners: the configured certificate, or a self-signed one generated on first
-//! start and kept in `<data_dir>/tls/` so clients can pin it across restarts.
+//! start and kept in `<data_dir>/tls/` so clients can pin it across restarts; and, in
+//! [`client`], the client side for delivery to other servers.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,6 +12,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 
 use kurier_smtp::TlsInfo;
+
+use crate::data_dir::DataDir;
+use crate::fsutil::{WriteOptions, write_atomic};
+
+pub mod client;
 
 /// TLS setup failures.
 #[derive(Debug, Error)]
@@ -63,10 +68,12 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
 
 /// Loads `<data_dir>/tls/{cert,key}.pem`, generating them for `hostname` when absent.
 /// Returns the key and whether it was generated now.
-pub fn load_or_generate(data_dir: &Path, hostname: &str) -> Result<(CertifiedKey, bool), TlsError> {
-    let dir = data_dir.join("tls");
-    let cert_path = dir.join("cert.pem");
-    let key_path = dir.join("key.pem");
+pub fn load_or_generate(
+    data_dir: &DataDir,
+    hostname: &str,
+) -> Result<(CertifiedKey, bool), TlsError> {
+    let cert_path = data_dir.tls_cert();
+    let key_path = data_dir.tls_key();
     if cert_path.exists() && key_path.exists() {
         return load(&cert_path, &key_path).map(|k| (k, false));
     }
@@ -83,23 +90,21 @@ pub fn load_or_generate(data_dir: &Path, hostname: &str) -> Result<(CertifiedKey
             message: e.to_string(),
         }
     };
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
+    if let Some(dir) = key_path.parent() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    // Key first, then certificate, each written whole: a crash leaves no half key, and a
+    // key without its certificate is generated again at the next start.
+    let key_pem = generated.signing_key.serialize_pem();
+    write_atomic(&key_path, &[key_pem.as_bytes()], &WriteOptions::private())
         .map_err(io_err(&key_path))?;
-    fs::write(&cert_path, generated.cert.pem()).map_err(io_err(&cert_path))?;
+    write_atomic(
+        &cert_path,
+        &[generated.cert.pem().as_bytes()],
+        &WriteOptions::public(),
+    )
+    .map_err(io_err(&cert_path))?;
     load(&cert_path, &key_path).map(|k| (k, true))
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 /// The rustls server configuration (TLS 1.2 and 1.3, aws-lc-rs).
@@ -135,11 +140,11 @@ mod tests {
     fn generated_certificate_is_kept_and_reused() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let (key, generated) = load_or_generate(dir.path(), "mx.test").unwrap();
+        let (key, generated) = load_or_generate(&DataDir::new(dir.path()), "mx.test").unwrap();
         assert!(generated);
         server_config(key).unwrap();
         let first = fs::read(dir.path().join("tls/cert.pem")).unwrap();
-        let (_, generated) = load_or_generate(dir.path(), "mx.test").unwrap();
+        let (_, generated) = load_or_generate(&DataDir::new(dir.path()), "mx.test").unwrap();
         assert!(!generated);
         assert_eq!(fs::read(dir.path().join("tls/cert.pem")).unwrap(), first);
         use std::os::unix::fs::PermissionsExt;

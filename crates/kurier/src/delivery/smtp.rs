@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,13 +22,7 @@ use kurier_smtp::client::{
     SessionError, Stage, TlsPolicy, TransactionResult,
 };
 use kurier_smtp::data::dot_stuff;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{
-    ClientConfig as TlsClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::{TlsConnector, TlsStream};
@@ -37,6 +30,7 @@ use tokio_rustls::{TlsConnector, TlsStream};
 use crate::config::{Config, TlsMode};
 use crate::dns::{MxResolver, RouteError};
 use crate::stream::Conn;
+use crate::tls::client::{opportunistic, verifying};
 
 /// How long a connection waits for the next message to the same address.
 const IDLE_REUSE: Duration = Duration::from_secs(10);
@@ -151,7 +145,7 @@ struct Idle {
 
 /// The outbound SMTP engine: routes, resolver, connection pool, per-destination limits.
 pub struct Outbound {
-    resolver: MxResolver,
+    resolver: Arc<MxResolver>,
     helo: String,
     timeout: Duration,
     /// Configured routes, then the default MX route last.
@@ -163,13 +157,12 @@ pub struct Outbound {
 
 impl Outbound {
     /// Builds the engine from the configuration.
-    pub fn new(config: &Config) -> Result<Outbound, String> {
-        let resolver = MxResolver::new(&config.dns.servers)?;
-        let insecure = TlsConnector::from(insecure_client_config()?);
+    pub fn new(config: &Config, resolver: Arc<MxResolver>) -> Result<Outbound, String> {
+        let insecure = TlsConnector::from(opportunistic()?);
         let mut routes = Vec::new();
         for r in &config.routes {
             let connector = if r.tls == TlsMode::Verify {
-                TlsConnector::from(verifying_client_config(r.ca_file.as_deref())?)
+                TlsConnector::from(verifying(r.ca_file.as_deref())?)
             } else {
                 insecure.clone()
             };
@@ -340,6 +333,11 @@ impl Outbound {
             list.retain(|i| i.since.elapsed() < IDLE_REUSE);
         }
         pool.retain(|_, l| !l.is_empty());
+        drop(pool);
+        // A domain's limit that nobody holds is dropped, so the map holds only domains
+        // with mail in flight, not every domain ever mailed.
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits.retain(|_, sem| Arc::strong_count(sem) > 1);
     }
 
     /// Connects and runs the session up to "ready for MAIL".
@@ -506,86 +504,4 @@ async fn upgrade(
         Ok(Err(e)) => Err(format!("TLS handshake with {host} failed: {e}")),
         Err(_) => Err(format!("TLS handshake with {host} timed out")),
     }
-}
-
-/// Opportunistic TLS between mail servers (RFC 7435): encrypt, but accept any certificate,
-/// since a failed check would only make the sender fall back to plaintext.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn insecure_client_config() -> Result<Arc<TlsClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = TlsClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// Certificate checking against the given CA file, or the system bundle.
-fn verifying_client_config(ca_file: Option<&Path>) -> Result<Arc<TlsClientConfig>, String> {
-    let path = ca_file.unwrap_or(Path::new("/etc/ssl/certs/ca-certificates.crt"));
-    let mut roots = RootCertStore::empty();
-    let certs =
-        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = TlsClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }

@@ -15,7 +15,7 @@ use mail_auth::dkim::{Canonicalization, DkimError};
 use mail_auth::dmarc::Policy;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
-    SpfResult,
+    SpfOutput, SpfResult,
 };
 
 use crate::config::SenderPolicy;
@@ -87,9 +87,15 @@ pub struct Check<'a> {
     pub from: &'a ReversePath,
 }
 
-/// Evaluates SPF, DKIM, ARC and DMARC for a message, within [`DEADLINE`].
-pub async fn evaluate(resolver: &MxResolver, check: &Check<'_>, body: &[u8]) -> Evaluation {
-    match tokio::time::timeout(DEADLINE, evaluate_now(resolver, check, body)).await {
+/// Evaluates SPF, DKIM, ARC and DMARC for a message, within [`DEADLINE`]. `spf` is the
+/// transaction's SPF result when it was evaluated already (at RCPT, for greylisting).
+pub async fn evaluate(
+    resolver: &MxResolver,
+    check: &Check<'_>,
+    spf: Option<SpfOutput>,
+    body: &[u8],
+) -> Evaluation {
+    match tokio::time::timeout(DEADLINE, evaluate_now(resolver, check, spf, body)).await {
         Ok(e) => e,
         Err(_) => Evaluation {
             header: String::new(),
@@ -117,11 +123,19 @@ fn spf_refusal(domain: &str, ip: IpAddr) -> Reply {
     )
 }
 
-async fn evaluate_now(resolver: &MxResolver, c: &Check<'_>, body: &[u8]) -> Evaluation {
+async fn evaluate_now(
+    resolver: &MxResolver,
+    c: &Check<'_>,
+    spf: Option<SpfOutput>,
+    body: &[u8],
+) -> Evaluation {
     let auth = MessageAuthenticator(resolver.resolver().clone());
     let sender = c.from.mailbox().map(|m| m.to_string()).unwrap_or_default();
     // RFC 7208 §2.4: for the null sender, the HELO identity is checked.
-    let spf = crate::spf::verify(resolver, c.ip, c.helo, c.hostname, &sender).await;
+    let spf = match spf {
+        Some(known) => known,
+        None => super::spf::verify(resolver, c.ip, c.helo, c.hostname, &sender).await,
+    };
     let spf_domain = sender
         .rsplit_once('@')
         .map_or(c.helo, |(_, d)| d)

@@ -26,8 +26,8 @@ use mail_auth::SpfResult;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache, SpfOutput, Txt};
 
+use super::spf_record;
 use crate::dns::MxResolver;
-use crate::spf_record;
 
 /// RFC 7208 §4.6.4: "SPF implementations SHOULD limit 'void lookups' to two."
 pub const MAX_VOID_LOOKUPS: usize = 2;

@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kurier_smtp::{Domain, Mailbox, Role};
+use kurier_smtp::{Domain, Role};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+mod validate;
 
 /// A configuration problem, naming the offending key.
 #[derive(Debug, Error)]
@@ -37,11 +39,19 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
     }
+}
+
+/// Parses a name server given as "IP" or "IP:port" (`dns.servers`; port 53 by default).
+pub fn parse_name_server(s: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    s.parse::<SocketAddr>().ok()
 }
 
 /// The whole configuration.
@@ -524,201 +534,12 @@ impl Config {
         toml::to_string_pretty(&Config::default()).unwrap_or_default()
     }
 
-    /// Checks everything serde cannot: names, addresses, ranges, consistency.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        Domain::parse(&self.hostname).map_err(|_| {
-            invalid(
-                "hostname",
-                format!("{:?} is not a valid host name", self.hostname),
-            )
-        })?;
-        if self.domains.is_empty() {
-            return Err(invalid("domains", "at least one local domain is needed"));
-        }
-        for (i, d) in self.domains.iter().enumerate() {
-            match Domain::parse(d) {
-                Ok(dom) if !dom.is_literal() => {}
-                _ => {
-                    return Err(invalid(
-                        format!("domains[{i}]"),
-                        format!("{d:?} is not a valid domain"),
-                    ));
-                }
-            }
-        }
-        for d in self.authentication.domains.keys() {
-            if !self.domains.iter().any(|l| l.eq_ignore_ascii_case(d)) {
-                return Err(invalid(
-                    format!("authentication.domains.{d}"),
-                    "sender policies are set for local domains (listed in `domains`)",
-                ));
-            }
-        }
-        if self.recipient_delimiter.chars().count() > 1 {
-            return Err(invalid(
-                "recipient_delimiter",
-                "must be one character or empty",
-            ));
-        }
-        if self.listeners.is_empty() {
-            return Err(invalid("listeners", "at least one listener is needed"));
-        }
-        for (i, l) in self.listeners.iter().enumerate() {
-            if self.listeners[..i].iter().any(|o| o.address == l.address) {
-                return Err(invalid(
-                    format!("listeners[{i}].address"),
-                    format!("{} is listed twice", l.address),
-                ));
-            }
-        }
-        match (&self.tls.certificate, &self.tls.private_key) {
-            (Some(_), None) => {
-                return Err(invalid("tls.private_key", "needed with tls.certificate"));
-            }
-            (None, Some(_)) => {
-                return Err(invalid("tls.certificate", "needed with tls.private_key"));
-            }
-            _ => {}
-        }
-        let l = &self.limits;
-        for (key, value) in [
-            ("limits.message_size", l.message_size),
-            ("limits.recipients", l.recipients as u64),
-            ("limits.connections", l.connections as u64),
-            ("limits.connections_per_ip", l.connections_per_ip as u64),
-            ("limits.errors", u64::from(l.errors)),
-            ("limits.auth_failures", u64::from(l.auth_failures)),
-            (
-                "limits.auth_failures_per_ip",
-                u64::from(l.auth_failures_per_ip),
-            ),
-            ("delivery.workers", self.delivery.workers as u64),
-            (
-                "delivery.per_destination",
-                self.delivery.per_destination as u64,
-            ),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
-        for (key, value) in [
-            ("limits.command_timeout", l.command_timeout),
-            ("limits.data_timeout", l.data_timeout),
-        ] {
-            if value < Duration::from_secs(1) {
-                return Err(invalid(key, "must be at least 1s"));
-            }
-        }
-        if self.delivery.retry.is_empty() || self.delivery.retry.iter().any(|d| d.is_zero()) {
-            return Err(invalid(
-                "delivery.retry",
-                "needs at least one duration, none of them zero",
-            ));
-        }
-        for (i, server) in self.dns.servers.iter().enumerate() {
-            if crate::dns::parse_server(server).is_none() {
-                return Err(invalid(
-                    format!("dns.servers[{i}]"),
-                    format!("{server:?} is not an IP address or IP:port"),
-                ));
-            }
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            if r.domains.is_empty() {
-                return Err(invalid(
-                    format!("routes[{i}].domains"),
-                    "needs at least one domain or \"*\"",
-                ));
-            }
-            for d in &r.domains {
-                if d != "*" && Domain::parse(d).is_err() {
-                    return Err(invalid(
-                        format!("routes[{i}].domains"),
-                        format!("{d:?} is not a domain"),
-                    ));
-                }
-            }
-            if r.username.is_some() != r.password.is_some() {
-                return Err(invalid(
-                    format!("routes[{i}]"),
-                    "username and password go together",
-                ));
-            }
-            if r.username.is_some() && r.tls == TlsMode::None {
-                return Err(invalid(
-                    format!("routes[{i}].tls"),
-                    "AUTH needs TLS; credentials are never sent in plaintext",
-                ));
-            }
-            if r.host.is_none() && (r.username.is_some() || r.tls == TlsMode::Implicit) {
-                return Err(invalid(
-                    format!("routes[{i}].host"),
-                    "needed with credentials or implicit TLS",
-                ));
-            }
-        }
-        for (addr, targets) in &self.aliases {
-            self.local_mailbox(&format!("aliases.\"{addr}\""), addr)?;
-            if targets.addresses().is_empty() {
-                return Err(invalid(
-                    format!("aliases.\"{addr}\""),
-                    "needs at least one target",
-                ));
-            }
-            for t in targets.addresses() {
-                self.local_mailbox(&format!("aliases.\"{addr}\""), t)?;
-            }
-        }
-        for (user, allowed) in &self.senders {
-            let key = format!("senders.\"{user}\"");
-            self.local_mailbox(&key, user)?;
-            for a in allowed {
-                let ok = match a.strip_prefix('@') {
-                    Some(domain) => Domain::parse(domain).is_ok(),
-                    None => Mailbox::parse(a).is_ok(),
-                };
-                if !ok {
-                    return Err(invalid(
-                        key,
-                        format!("{a:?} is neither an address nor @domain"),
-                    ));
-                }
-            }
-        }
-        for (addr, hash) in &self.users {
-            let key = format!("users.\"{addr}\"");
-            self.local_mailbox(&key, addr)?;
-            crate::directory::check_mailbox_name(addr).map_err(|m| invalid(&key, m))?;
-            if argon2::PasswordHash::new(hash).is_err() {
-                return Err(invalid(
-                    key,
-                    "value must be an argon2 password hash (see `kurier user hash`)",
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// The configured domains, parsed.
     pub fn local_domains(&self) -> Vec<Domain> {
         self.domains
             .iter()
             .filter_map(|d| Domain::parse(d).ok())
             .collect()
-    }
-
-    fn local_mailbox(&self, key: &str, addr: &str) -> Result<Mailbox, ConfigError> {
-        let m = Mailbox::parse(addr).map_err(|e| invalid(key, format!("{addr:?}: {e}")))?;
-        if !self.local_domains().contains(m.domain()) {
-            return Err(invalid(
-                key,
-                format!(
-                    "{addr:?} is not in a local domain (add its domain to `domains`; forwarding to remote addresses is not supported yet)"
-                ),
-            ));
-        }
-        Ok(m)
     }
 }
 

@@ -1,0 +1,275 @@
+//! The delivery wing: takes queued messages, delivers local recipients into their Maildir
+//! and remote ones over SMTP, retries temporary failures on a schedule, gives up after the
+//! maximum lifetime, and reports back to the sender with DSNs (RFC 3464).
+//!
+//! Accepted messages arrive as [`Job`]s (envelope and bytes, so nothing is read back from
+//! disk on the hot path); messages found in the spool at startup and retries are loaded from
+//! the spool. Each recipient's outcome is recorded in the spool before the message leaves it,
+//! so a crash at any point repeats a delivery at worst, never loses one. A per-message lock
+//! keeps deliveries and admin commands (`kurier queue …`) from touching a message at once.
+
+//!
+//! - [`scheduler`]: when each message is due, the retry schedule, the per-message locks.
+//! - [`local`]: local recipients into their Maildirs ([`maildir`]), with aliases and Junk.
+//! - [`remote`]: remote recipients over SMTP ([`smtp`]), one transaction per domain.
+//! - [`bounce`]: expiry and the DSNs of RFC 3464 ([`dsn`]).
+//! - [`admin`]: the queue commands of `kurier queue`, under the per-message lock.
+//!
+//! Two doors lead in: [`DeliveryHandle::submit`] for a message already in the spool (it
+//! never waits), and [`DeliveryHandle::deliver_now`] for all-local mail that goes straight
+//! to the Maildirs before the `250` and never touches the spool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kurier_spool::{Envelope, QueueId, Spool, SpoolError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::time::unix_now;
+
+pub mod admin;
+pub mod bounce;
+pub mod dsn;
+pub mod local;
+pub mod maildir;
+pub mod remote;
+pub mod scheduler;
+pub mod smtp;
+
+use smtp::Outbound;
+
+/// A message to deliver.
+#[derive(Debug)]
+pub struct Job {
+    /// Its envelope.
+    pub envelope: Envelope,
+    /// Its bytes, when the receiver still has them.
+    pub body: Option<Arc<Vec<u8>>>,
+}
+
+/// Handle for handing messages to delivery and running queue commands; cheap to clone.
+#[derive(Clone)]
+pub struct DeliveryHandle {
+    jobs: Option<mpsc::Sender<Job>>,
+    engine: Arc<Engine>,
+}
+
+impl DeliveryHandle {
+    /// Hands a message that is already durable in the spool to the delivery workers. Never
+    /// waits: when the workers' queue is full, the message is booked for now in the
+    /// scheduler (which keeps only its id, so memory stays bounded) and loaded from the
+    /// spool when a worker is free.
+    pub fn submit(&self, envelope: Envelope, body: Arc<Vec<u8>>) {
+        let Some(tx) = &self.jobs else {
+            return;
+        };
+        let job = Job {
+            envelope,
+            body: Some(body),
+        };
+        if let Err(mpsc::error::TrySendError::Full(job)) = tx.try_send(job) {
+            self.engine.schedule(job.envelope.id, unix_now());
+        }
+    }
+
+    /// Delivers an all-local message into its recipients' Maildirs now (blocking I/O off the
+    /// reactor) and returns the envelope with each recipient's outcome; `None` if the
+    /// delivery task failed. The caller answers `250` only when every recipient is delivered,
+    /// and spools the message otherwise.
+    pub async fn deliver_now(&self, envelope: Envelope, body: Arc<Vec<u8>>) -> Option<Envelope> {
+        let engine = self.engine.clone();
+        let now = unix_now();
+        tokio::task::spawn_blocking(move || {
+            let mut env = envelope;
+            engine.deliver_local(&mut env, &body, now);
+            env
+        })
+        .await
+        .ok()
+    }
+
+    /// True when delivery runs (`delivery.enabled`).
+    pub fn is_enabled(&self) -> bool {
+        self.engine.is_enabled()
+    }
+
+    /// The engine, for queue commands.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+}
+
+/// What the delivery engine needs.
+pub struct Setup {
+    /// The queue.
+    pub spool: Spool,
+    /// Users and mailboxes.
+    pub directory: Arc<Directory>,
+    /// The configuration (host name, schedule, limits).
+    pub config: Arc<Config>,
+    /// Outbound SMTP.
+    pub outbound: Arc<Outbound>,
+    /// DKIM keys (DSNs are signed as the host name's domain when it has one).
+    pub signers: Arc<crate::dkim::Signers>,
+    /// Messages found in the spool at startup.
+    pub recovered: Vec<Envelope>,
+}
+
+/// The engine's shared state.
+pub struct Engine {
+    spool: Spool,
+    directory: Arc<Directory>,
+    config: Arc<Config>,
+    outbound: Arc<Outbound>,
+    signers: Arc<crate::dkim::Signers>,
+    retries: Mutex<BTreeMap<u64, Vec<QueueId>>>,
+    locks: Mutex<HashMap<QueueId, Arc<tokio::sync::Mutex<()>>>>,
+    enabled: bool,
+}
+
+/// Starts the workers and the retry timer, and queues what recovery found. With
+/// `delivery.enabled = false` nothing is delivered (messages stay queued).
+pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> DeliveryHandle {
+    let Setup {
+        spool,
+        directory,
+        config,
+        outbound,
+        signers,
+        recovered,
+    } = setup;
+    let enabled = config.delivery.enabled;
+    let workers = config.delivery.workers;
+    let engine = Arc::new(Engine {
+        spool,
+        directory,
+        config,
+        outbound,
+        signers,
+        retries: Mutex::new(BTreeMap::new()),
+        locks: Mutex::new(HashMap::new()),
+        enabled,
+    });
+    if !enabled {
+        tracing::warn!(
+            queued = recovered.len(),
+            "delivery is disabled in the config: mail stays queued"
+        );
+        return DeliveryHandle { jobs: None, engine };
+    }
+    let (tx, rx) = mpsc::channel::<Job>(256);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    for _ in 0..workers {
+        let (engine, rx, stop) = (engine.clone(), rx.clone(), stop.clone());
+        tracker.spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    job = async { rx.lock().await.recv().await } => job,
+                    _ = stop.cancelled() => None,
+                };
+                let Some(job) = job else { break };
+                engine.process(job).await;
+            }
+        });
+    }
+    // Recovered messages: due ones now, the others at their time.
+    let now = unix_now();
+    for env in recovered {
+        if env.hold {
+            continue;
+        }
+        let at = env
+            .recipients
+            .iter()
+            .filter(|r| r.is_pending())
+            .map(|r| r.next_attempt)
+            .min();
+        if let Some(t) = at {
+            engine.schedule(env.id.clone(), t.max(now));
+        }
+    }
+    let (timer_engine, timer_tx) = (engine.clone(), tx.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            timer_engine.outbound.sweep();
+            for id in timer_engine.due(unix_now()) {
+                let e = timer_engine.clone();
+                let loaded = tokio::task::spawn_blocking(move || e.spool.envelope(&id)).await;
+                if let Ok(Ok(envelope)) = loaded
+                    && timer_tx
+                        .send(Job {
+                            envelope,
+                            body: None,
+                        })
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    DeliveryHandle {
+        jobs: Some(tx),
+        engine,
+    }
+}
+
+impl Engine {
+    /// True when delivery runs (queue commands that need it say so otherwise).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    async fn process(self: &Arc<Self>, job: Job) {
+        let id = job.envelope.id.clone();
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        // Always work on the spool's current state (a queue command may have changed it).
+        let engine = self.clone();
+        let fresh_body = job.body;
+        let loaded = tokio::task::spawn_blocking(move || match fresh_body {
+            Some(b) => engine.spool.envelope(&id).map(|e| (e, b)),
+            None => engine.spool.load(&id).map(|(e, b)| (e, Arc::new(b))),
+        })
+        .await;
+        let (mut env, body) = match loaded {
+            Ok(Ok(x)) => x,
+            Ok(Err(SpoolError::NotFound(_))) => return,
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = %job.envelope.id, error = %e, "cannot load queued message");
+                return;
+            }
+            Err(_) => return,
+        };
+        if env.hold {
+            return;
+        }
+        let now = unix_now();
+        let engine = self.clone();
+        let local_body = body.clone();
+        env = match tokio::task::spawn_blocking(move || {
+            engine.deliver_local(&mut env, &local_body, now);
+            env
+        })
+        .await
+        {
+            Ok(e) => e,
+            Err(_) => return,
+        };
+        self.deliver_remote(&mut env, &body, now).await;
+        self.expire(&mut env, unix_now());
+        let engine = self.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.finish(env, &body)).await;
+    }
+}

@@ -1,0 +1,154 @@
+//! The users file, `<data_dir>/users.toml`, as `kurier user` edits it: under a lock, written
+//! through the one durable write, so a running server never sees a half-written file and
+//! picks the change up at its next lookup.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use argon2::{Argon2, PasswordHasher};
+use kurier_smtp::Mailbox;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::address_key;
+use crate::config::Config;
+use crate::data_dir::{DataDir, safe_mailbox_name};
+use crate::fsutil::{WriteOptions, owner_for, write_atomic};
+
+/// Failures managing users.
+#[derive(Debug, Error)]
+pub enum DirectoryError {
+    /// The address is malformed or not in a local domain.
+    #[error("{0}")]
+    BadAddress(String),
+    /// `user add` for an existing user.
+    #[error("user {0} already exists (use `kurier user passwd` to change the password)")]
+    Exists(String),
+    /// `user passwd`/`user del` for an unknown user.
+    #[error("no user {0} in {1}")]
+    Unknown(String, PathBuf),
+    /// The users file is unreadable or malformed.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Hashing failed.
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// The users file as stored.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UsersFile {
+    #[serde(default)]
+    pub(super) users: BTreeMap<String, String>,
+}
+
+/// Reads the users file (a missing file is an empty one).
+pub(super) fn read_users_file(path: &Path) -> Result<UsersFile, DirectoryError> {
+    match fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| DirectoryError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(UsersFile::default()),
+        Err(e) => Err(DirectoryError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Hashes a password with argon2id (PHC string).
+pub fn hash_password(password: &str) -> Result<String, DirectoryError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| DirectoryError::Hash(e.to_string()))
+}
+
+/// What `kurier user` does to the users file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserChange {
+    /// Add a new user.
+    Add,
+    /// Change an existing user's password.
+    Passwd,
+    /// Remove a user.
+    Delete,
+}
+
+/// Edits `<data_dir>/users.toml` under a lock, writing atomically (tmp, fsync, rename), so a
+/// running server never sees a half-written file.
+pub fn change_user(
+    config: &Config,
+    data_dir: &DataDir,
+    address: &str,
+    change: UserChange,
+    password: Option<&str>,
+) -> Result<(), DirectoryError> {
+    safe_mailbox_name(address).map_err(DirectoryError::BadAddress)?;
+    let m = Mailbox::parse(address).map_err(|e| DirectoryError::BadAddress(e.to_string()))?;
+    if !config.local_domains().contains(m.domain()) {
+        return Err(DirectoryError::BadAddress(format!(
+            "{} is not a local domain (local domains: {}); add it to `domains` in the config",
+            m.domain(),
+            config.domains.join(", ")
+        )));
+    }
+    let key = address_key(&m);
+    let path = data_dir.users_file();
+    let file_err = |e: io::Error| DirectoryError::File {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    fs::create_dir_all(data_dir.root()).map_err(file_err)?;
+    let lock = fs::File::create(data_dir.users_lock()).map_err(file_err)?;
+    lock.lock().map_err(file_err)?;
+    let mut file = read_users_file(&path)?;
+    match change {
+        UserChange::Add if file.users.contains_key(&key) || config.users.contains_key(&key) => {
+            return Err(DirectoryError::Exists(key));
+        }
+        UserChange::Passwd | UserChange::Delete if !file.users.contains_key(&key) => {
+            return Err(DirectoryError::Unknown(key, path));
+        }
+        UserChange::Add | UserChange::Passwd => {
+            let hash = hash_password(password.unwrap_or_default())?;
+            file.users.insert(key, hash);
+        }
+        UserChange::Delete => {
+            file.users.remove(&key);
+        }
+    }
+    let text = format!(
+        "# Kurier users: address = argon2 password hash. Managed by `kurier user`.\n{}",
+        toml::to_string_pretty(&file).map_err(|e| DirectoryError::Hash(e.to_string()))?
+    );
+    // Started as root for a server that runs as another user: the file goes to the data
+    // directory's owner so the server can read it.
+    let options = WriteOptions {
+        owner: owner_for(data_dir.root()),
+        ..WriteOptions::private()
+    };
+    write_atomic(&path, &[text.as_bytes()], &options).map_err(file_err)?;
+    Ok(())
+}
+
+/// Lists users from the users file and the config.
+pub fn list_users(config: &Config, data_dir: &DataDir) -> Result<Vec<String>, DirectoryError> {
+    let mut users: Vec<String> = read_users_file(&data_dir.users_file())?
+        .users
+        .into_keys()
+        .collect();
+    users.extend(config.users.keys().cloned());
+    users.sort();
+    users.dedup();
+    Ok(users)
+}

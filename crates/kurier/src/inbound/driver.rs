@@ -1,0 +1,370 @@
+//! Runs one SMTP session over a TCP or TLS stream.
+//!
+//! The driver never parses and never decides: it reads bytes into the [`ServerSession`],
+//! carries out the actions the session asks for, one method each (the answers come from
+//! [`crate::policy`] and [`super::receive`]), and writes the replies. Replies to pipelined
+//! commands are gathered and written in one go before the next read (RFC 2920).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kurier_smtp::session::{Action, ServerSession, SessionConfig, TlsInfo};
+use kurier_smtp::{ForwardPath, MailParams, RcptParams, Reply, ReversePath, Role, codes};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsStream;
+
+use super::Inbound;
+use crate::policy::{Client, Transaction};
+use crate::shutdown::Shutdown;
+use crate::stream::Conn;
+use crate::tls;
+
+/// Read buffer sizes: small while a session waits for commands (idle sessions are the many),
+/// larger once a read fills it (message data), back to small between messages.
+const READ_BUFFER_SMALL: usize = 1024;
+const READ_BUFFER: usize = 16 * 1024;
+
+/// How long the client's name (reverse DNS, confirmed forward) may take to look up; it is
+/// looked up on the side and used only if known by the time a message is committed.
+pub const RDNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a connection ended, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The session closed it (QUIT, too many errors, timeout, shutdown).
+    Closed,
+    /// The client closed it.
+    ClientDisconnected,
+    /// Reading failed.
+    ReadError,
+    /// Writing failed.
+    WriteError,
+    /// Implicit TLS or STARTTLS without a certificate.
+    NoCertificate,
+    /// The TLS handshake failed.
+    TlsFailed,
+    /// The TLS handshake did not finish within the command timeout.
+    TlsTimeout,
+    /// The client is listed on a DNSBL.
+    Blocklisted,
+}
+
+impl End {
+    /// The words in the log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ClientDisconnected => "client disconnected",
+            End::ReadError => "read error",
+            End::WriteError => "write error",
+            End::NoCertificate => "no TLS certificate",
+            End::TlsFailed => "TLS handshake failed",
+            End::TlsTimeout => "TLS handshake timeout",
+            End::Blocklisted => "listed on DNSBL",
+        }
+    }
+}
+
+/// What a connection did, for its log line.
+#[derive(Default)]
+struct Summary {
+    messages: u32,
+    tls: Option<TlsInfo>,
+    auth: Option<String>,
+    helo: Option<String>,
+}
+
+/// Serves one connection from accept to close.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    inbound: Arc<Inbound>,
+    shutdown: Shutdown,
+) {
+    let started = Instant::now();
+    let _ = stream.set_nodelay(true);
+    let mut summary = Summary::default();
+    let end = run(stream, peer, role, &inbound, &shutdown, &mut summary).await;
+    let tls = summary
+        .tls
+        .as_ref()
+        .map(|t| t.version.as_str())
+        .unwrap_or("none");
+    tracing::info!(
+        peer = %peer.ip(),
+        listener = %role.name(),
+        helo = %summary.helo.as_deref().unwrap_or("-"),
+        tls = %tls,
+        auth = %summary.auth.as_deref().unwrap_or("-"),
+        messages = summary.messages,
+        duration_ms = started.elapsed().as_millis() as u64,
+        end = %end.as_str(),
+        "connection closed"
+    );
+}
+
+fn session_config(inbound: &Inbound, role: Role) -> SessionConfig {
+    let l = &inbound.config.limits;
+    SessionConfig {
+        hostname: inbound.config.hostname.clone(),
+        role,
+        starttls: inbound.tls.is_some(),
+        max_message_size: l.message_size,
+        max_recipients: l.recipients,
+        max_errors: l.errors,
+        max_auth_failures: l.auth_failures,
+    }
+}
+
+/// The TLS handshake, for implicit TLS (RFC 8314 §3.3) and after STARTTLS (RFC 3207) alike,
+/// bounded by the command timeout (a client that never speaks must not hold the slot).
+async fn handshake(
+    inbound: &Inbound,
+    peer: SocketAddr,
+    tcp: TcpStream,
+) -> Result<(Conn, TlsInfo), End> {
+    let Some(acceptor) = inbound.tls.clone() else {
+        return Err(End::NoCertificate);
+    };
+    match tokio::time::timeout(inbound.config.limits.command_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => {
+            let info = tls::session_info(s.get_ref().1);
+            Ok((Conn::Tls(Box::new(TlsStream::Server(s))), info))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed");
+            Err(End::TlsFailed)
+        }
+        Err(_) => Err(End::TlsTimeout),
+    }
+}
+
+async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    inbound: &Arc<Inbound>,
+    shutdown: &Shutdown,
+    summary: &mut Summary,
+) -> End {
+    let (mut conn, initial_tls) = if role == Role::Submissions {
+        match handshake(inbound, peer, stream).await {
+            Ok((conn, info)) => (conn, Some(info)),
+            Err(end) => return end,
+        }
+    } else {
+        (Conn::Plain(stream), None)
+    };
+    summary.tls = initial_tls.clone();
+    if let Some(reply) = inbound.policy.on_connect(peer.ip(), role).await {
+        let _ = conn.write_all(&reply.to_bytes()).await;
+        conn.shutdown().await;
+        return End::Blocklisted;
+    }
+    let resolver = inbound.policy.resolver.clone();
+    let ip = peer.ip();
+    let rdns = tokio::spawn(async move {
+        tokio::time::timeout(RDNS_TIMEOUT, resolver.confirmed_name(ip))
+            .await
+            .ok()
+            .flatten()
+    });
+    let mut driver = Driver {
+        inbound,
+        peer,
+        role,
+        session: ServerSession::new(session_config(inbound, role), initial_tls),
+        tx: Transaction::default(),
+        out: Vec::with_capacity(512),
+        summary,
+        rdns: Some(rdns),
+        client_name: None,
+    };
+    driver.serve(conn, shutdown).await
+}
+
+/// The connection facts a decision depends on (a function of the fields, so the driver can
+/// lend them while it lends its transaction mutably).
+fn client(peer: SocketAddr, role: Role, session: &ServerSession) -> Client<'_> {
+    Client {
+        ip: peer.ip(),
+        role,
+        auth: session.auth_user(),
+        helo: session.helo().unwrap_or_default(),
+    }
+}
+
+/// One session's state on the server side of the sans-IO boundary.
+struct Driver<'a> {
+    inbound: &'a Inbound,
+    peer: SocketAddr,
+    role: Role,
+    session: ServerSession,
+    tx: Transaction,
+    out: Vec<u8>,
+    summary: &'a mut Summary,
+    rdns: Option<JoinHandle<Option<String>>>,
+    client_name: Option<String>,
+}
+
+impl Driver<'_> {
+    async fn serve(&mut self, mut conn: Conn, shutdown: &Shutdown) -> End {
+        let limits = &self.inbound.config.limits;
+        let mut buf = vec![0u8; READ_BUFFER_SMALL];
+        // RFC 5321 §4.5.3.2.7: the time for a whole command, from our last reply, not per
+        // read, so a client trickling one byte at a time (slowloris) is cut off like an
+        // idle one.
+        let mut command_deadline = tokio::time::Instant::now() + limits.command_timeout;
+        loop {
+            while let Some(action) = self.session.poll_action() {
+                match action {
+                    Action::Send(reply) => reply.write_to(&mut self.out),
+                    Action::CheckMail { from, params } => self.check_mail(&from, &params),
+                    Action::CheckRcpt { to, params } => self.check_rcpt(&to, &params).await,
+                    Action::Authenticate {
+                        username,
+                        password,
+                        authzid,
+                        ..
+                    } => self.authenticate(username, password, authzid).await,
+                    Action::StartTls => match self.start_tls(conn).await {
+                        Ok(upgraded) => conn = upgraded,
+                        Err(end) => return end,
+                    },
+                    Action::Commit(message) => self.commit(*message).await,
+                    Action::Close => return self.close(&mut conn).await,
+                }
+            }
+            if !self.out.is_empty() {
+                if conn.write_all(&self.out).await.is_err() {
+                    return End::WriteError;
+                }
+                self.out.clear();
+                command_deadline = tokio::time::Instant::now() + limits.command_timeout;
+            }
+            self.summary.helo = self.session.helo().map(str::to_string);
+            let timeout = if self.session.in_message_data() {
+                limits.data_timeout
+            } else {
+                command_deadline.saturating_duration_since(tokio::time::Instant::now())
+            };
+            let idle = self.session.is_idle();
+            tokio::select! {
+                read = tokio::time::timeout(timeout, conn.read(&mut buf)) => match read {
+                    Ok(Ok(0)) => return End::ClientDisconnected,
+                    Ok(Ok(n)) => {
+                        self.session.receive(&buf[..n]);
+                        if n == buf.len() && buf.len() < READ_BUFFER {
+                            buf.resize(READ_BUFFER, 0);
+                        } else if idle && buf.len() > READ_BUFFER_SMALL {
+                            buf = vec![0u8; READ_BUFFER_SMALL];
+                        }
+                    }
+                    Ok(Err(_)) => return End::ReadError,
+                    Err(_) => self.timed_out(),
+                },
+                _ = shutdown.stop.cancelled(), if idle => self.shutting_down(),
+                _ = shutdown.abort.cancelled() => self.shutting_down(),
+            }
+        }
+    }
+
+    fn check_mail(&mut self, from: &ReversePath, params: &MailParams) {
+        let client = client(self.peer, self.role, &self.session);
+        let verdict = self
+            .inbound
+            .policy
+            .check_mail(from, params, &client, &mut self.tx);
+        self.session.resolve(verdict);
+    }
+
+    async fn check_rcpt(&mut self, to: &ForwardPath, params: &RcptParams) {
+        let client = client(self.peer, self.role, &self.session);
+        let verdict = self
+            .inbound
+            .policy
+            .check_rcpt(to, params, &client, &mut self.tx)
+            .await;
+        self.session.resolve(verdict);
+    }
+
+    async fn authenticate(&mut self, username: String, password: String, authzid: Option<String>) {
+        let verdict = self
+            .inbound
+            .policy
+            .authenticate(self.peer.ip(), &username, password, authzid.as_deref())
+            .await;
+        if verdict == kurier_smtp::session::AuthVerdict::Success {
+            self.summary.auth = Some(username);
+        }
+        self.session.resolve_auth(verdict);
+    }
+
+    /// Flushes the replies, then the handshake. Nothing read from the plain socket is kept:
+    /// the session dropped it, and the handshake reads from the socket itself (RFC 3207
+    /// §4.2).
+    async fn start_tls(&mut self, mut conn: Conn) -> Result<Conn, End> {
+        if conn.write_all(&self.out).await.is_err() {
+            return Err(End::WriteError);
+        }
+        self.out.clear();
+        let Conn::Plain(tcp) = conn else {
+            return Err(End::TlsFailed);
+        };
+        let (conn, info) = handshake(self.inbound, self.peer, tcp).await?;
+        self.summary.tls = Some(info.clone());
+        self.session.tls_established(info);
+        Ok(conn)
+    }
+
+    async fn commit(&mut self, message: kurier_smtp::session::Message) {
+        if self.rdns.as_ref().is_some_and(|h| h.is_finished())
+            && let Some(handle) = self.rdns.take()
+        {
+            self.client_name = handle.await.ok().flatten();
+        }
+        let client = client(self.peer, self.role, &self.session);
+        let result = super::receive::commit(
+            self.inbound,
+            &client,
+            self.client_name.as_deref(),
+            &mut self.tx,
+            message,
+        )
+        .await;
+        if result.is_ok() {
+            self.summary.messages += 1;
+        }
+        self.session.resolve_commit(result);
+    }
+
+    async fn close(&mut self, conn: &mut Conn) -> End {
+        self.summary.helo = self.session.helo().map(str::to_string);
+        let _ = conn.write_all(&self.out).await;
+        conn.shutdown().await;
+        End::Closed
+    }
+
+    /// RFC 5321 §4.5.3.2: the server may close after its timeout, with 421.
+    fn timed_out(&mut self) {
+        let text = format!(
+            "{} Timeout, closing connection",
+            self.inbound.config.hostname
+        );
+        self.session
+            .close_with(Reply::new(421, codes::TIMEOUT, text));
+    }
+
+    /// RFC 5321 §3.8: 421 when the service is shutting down.
+    fn shutting_down(&mut self) {
+        let text = format!(
+            "{} Service shutting down, try again later",
+            self.inbound.config.hostname
+        );
+        self.session
+            .close_with(Reply::new(421, codes::SHUTTING_DOWN, text));
+    }
+}

@@ -1,0 +1,278 @@
+//! From a complete message to a durable one, in three steps: [`headers`] (trace and
+//! authentication header fields, the DKIM signature of a submission), [`envelope`], then
+//! [`make_durable`]. Only after the last one does the session say `250`.
+
+use kurier_smtp::session::Message;
+use kurier_smtp::trace::Received;
+use kurier_smtp::{Body, ForwardPath, Mailbox, Reply, Ret, Role, codes};
+use kurier_spool::{Envelope, NotifyFlags, QueueId, RecipientState, RecipientStatus, SpoolError};
+
+use super::Inbound;
+use crate::policy::sender_auth::strip_forged;
+use crate::policy::{Client, Transaction};
+use crate::time::rfc5322;
+
+/// The message as it will be stored: header fields of ours, then what the client sent.
+struct Prepared {
+    /// Received, Authentication-Results, DKIM-Signature (each CRLF-terminated).
+    prefix: String,
+    /// The client's message, with forged Authentication-Results of ours removed.
+    message: Vec<u8>,
+    /// Failed DMARC without being refused.
+    junk: bool,
+}
+
+/// Builds the envelope, prepends our header fields, writes the message durably, and only
+/// then returns the queue id for the 250 reply. Failures become 451/452 (the client
+/// retries) or the policy's refusal.
+pub async fn commit(
+    inbound: &Inbound,
+    client: &Client<'_>,
+    client_name: Option<&str>,
+    tx: &mut Transaction,
+    message: Message,
+) -> Result<String, Reply> {
+    if let Some(user) = &message.auth_user {
+        inbound.policy.check_from_header(user, &message.body)?;
+    }
+    let id = QueueId::generate();
+    let now = crate::time::unix_now();
+    let recipients = recipients(inbound, &message);
+    let prepared = headers(
+        inbound,
+        client,
+        client_name,
+        tx,
+        &id,
+        now,
+        &recipients,
+        &message,
+    )
+    .await?;
+    let mut body = Vec::with_capacity(prepared.prefix.len() + prepared.message.len());
+    body.extend_from_slice(prepared.prefix.as_bytes());
+    body.extend_from_slice(&prepared.message);
+    let envelope = envelope(id, now, client, &message, recipients, &body, prepared.junk);
+    let outcome = make_durable(inbound, envelope, body).await?;
+    log_accepted(&message, &outcome.0, client, outcome.1);
+    Ok(outcome.0.id.to_string())
+}
+
+/// The recipients' states, in RCPT order (`<postmaster>` is the primary domain's).
+fn recipients(inbound: &Inbound, message: &Message) -> Vec<RecipientState> {
+    let directory = &inbound.policy.directory;
+    message
+        .recipients
+        .iter()
+        .filter_map(|r| {
+            let m = match &r.to {
+                ForwardPath::Mailbox(m) => m.clone(),
+                ForwardPath::Postmaster => {
+                    Mailbox::new("postmaster", directory.primary_domain()?.clone()).ok()?
+                }
+            };
+            let local = directory.is_local_domain(m.domain());
+            let mut state = RecipientState::new(m.to_string(), local);
+            state.orcpt = r
+                .params
+                .orcpt
+                .as_ref()
+                .map(|o| format!("{};{}", o.addr_type, o.address));
+            state.notify = r.params.notify.map(|n| NotifyFlags {
+                never: n.never,
+                success: n.success,
+                failure: n.failure,
+                delay: n.delay,
+            });
+            Some(state)
+        })
+        .collect()
+}
+
+/// Received (RFC 5321 §4.4), our Authentication-Results after sender authentication of mail
+/// from other servers (RFC 8601; forged ones in our name are removed first, §5), and a DKIM
+/// signature for submissions from a local domain with a key.
+#[allow(clippy::too_many_arguments)]
+async fn headers(
+    inbound: &Inbound,
+    client: &Client<'_>,
+    client_name: Option<&str>,
+    tx: &mut Transaction,
+    id: &QueueId,
+    now: u64,
+    recipients: &[RecipientState],
+    message: &Message,
+) -> Result<Prepared, Reply> {
+    let config = &inbound.config;
+    let single_rcpt = (recipients.len() == 1).then(|| recipients[0].address.as_str());
+    let mut prefix = Received {
+        helo: &message.helo,
+        peer_ip: client.ip,
+        peer_name: client_name,
+        by: &config.hostname,
+        protocol: message.protocol,
+        tls: message.tls.as_ref(),
+        id: id.as_str(),
+        for_rcpt: single_rcpt,
+        date: &rfc5322(now),
+    }
+    .to_header();
+    let received = strip_forged(&message.body, &config.hostname);
+    let mut junk = false;
+    if config.authentication.verify && client.role == Role::Smtp && message.auth_user.is_none() {
+        let domains: Vec<&str> = recipients
+            .iter()
+            .filter(|r| r.local)
+            .filter_map(|r| r.address.rsplit_once('@').map(|(_, d)| d))
+            .collect();
+        let checked = inbound
+            .policy
+            .check_sender(client, &message.from, &domains, tx, &received)
+            .await?;
+        prefix.push_str(&checked.header);
+        junk = checked.junk;
+    }
+    if message.auth_user.is_some() {
+        let domain = from_domain(&received)
+            .or_else(|| message.from.mailbox().map(|m| m.domain().to_string()));
+        if let Some(domain) = domain {
+            let local = kurier_smtp::Domain::parse(&domain)
+                .is_ok_and(|d| inbound.policy.directory.is_local_domain(&d));
+            if local && inbound.signers.has(&domain) {
+                prefix.push_str(&inbound.signers.sign(&domain, &received));
+            }
+        }
+    }
+    Ok(Prepared {
+        prefix,
+        message: received,
+        junk,
+    })
+}
+
+/// The envelope of an accepted message.
+fn envelope(
+    id: QueueId,
+    now: u64,
+    client: &Client<'_>,
+    message: &Message,
+    recipients: Vec<RecipientState>,
+    body: &[u8],
+    junk: bool,
+) -> Envelope {
+    Envelope {
+        id,
+        received_at: now,
+        sender: message
+            .from
+            .mailbox()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+        recipients,
+        size: body.len() as u64,
+        eight_bit: message.params.body == Some(Body::EightBitMime),
+        smtputf8: message.params.smtputf8,
+        ret: message.params.ret.map(|r| match r {
+            Ret::Full => "FULL".to_string(),
+            Ret::Hdrs => "HDRS".to_string(),
+        }),
+        envid: message.params.envid.clone(),
+        client_ip: client.ip.to_string(),
+        helo: message.helo.clone(),
+        auth_user: message.auth_user.clone(),
+        hold: false,
+        delay_warned: false,
+        junk,
+    }
+}
+
+/// All recipients local: into their Maildirs now, fsynced, through the delivery wing's door
+/// for it, and the spool is never written. Anything that needs more (a failed write, a
+/// success DSN) goes to the spool with what was done recorded, and is handed to delivery
+/// without waiting (the message is durable; the `250` never waits on the delivery queue).
+async fn make_durable(
+    inbound: &Inbound,
+    envelope: Envelope,
+    body: Vec<u8>,
+) -> Result<(Envelope, &'static str), Reply> {
+    let body = std::sync::Arc::new(body);
+    let mut envelope = envelope;
+    let direct = inbound.delivery.is_enabled()
+        && envelope
+            .recipients
+            .iter()
+            .all(|r| r.local && !r.notify.is_some_and(|n| n.success));
+    if direct
+        && let Some(env) = inbound
+            .delivery
+            .deliver_now(envelope.clone(), body.clone())
+            .await
+    {
+        let all_delivered = env
+            .recipients
+            .iter()
+            .all(|r| matches!(r.status, RecipientStatus::Delivered { .. }));
+        if all_delivered {
+            return Ok((env, "delivered"));
+        }
+        envelope = env;
+    }
+    let (spool, env, bytes) = (inbound.spool.clone(), envelope.clone(), body.clone());
+    let written = tokio::task::spawn_blocking(move || spool.commit(&env, &bytes)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(SpoolError::NoSpace { path })) => {
+            tracing::error!(path = %path.display(), "spool full: refusing messages with 452");
+            return Err(Reply::new(
+                452,
+                codes::SYSTEM_FULL,
+                "Insufficient system storage, try again later",
+            ));
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot write message to the spool");
+            return Err(local_error());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "spool writer failed");
+            return Err(local_error());
+        }
+    }
+    inbound.delivery.submit(envelope.clone(), body);
+    Ok((envelope, "queued"))
+}
+
+fn local_error() -> Reply {
+    Reply::new(
+        451,
+        codes::SYSTEM_TEMP,
+        "Local error in processing, try again later",
+    )
+}
+
+/// The one log line per accepted message.
+fn log_accepted(message: &Message, envelope: &Envelope, client: &Client<'_>, outcome: &str) {
+    let rcpts: Vec<&str> = envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    tracing::info!(
+        queue_id = %envelope.id,
+        from = %message.from,
+        rcpts = %rcpts.join(","),
+        size = envelope.size,
+        client = %client.ip,
+        tls = %message.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+        auth = %message.auth_user.as_deref().unwrap_or("-"),
+        outcome,
+        "message accepted"
+    );
+}
+
+/// The domain of the (first) From: address, lower case.
+fn from_domain(body: &[u8]) -> Option<String> {
+    let message = mail_parser::MessageParser::new().parse_headers(body)?;
+    let address = message.from()?.first()?.address()?;
+    Some(address.rsplit_once('@')?.1.to_ascii_lowercase())
+}

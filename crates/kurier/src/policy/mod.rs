@@ -1,0 +1,316 @@
+//! Every decision the SMTP session asks the server for, and nothing else: DNSBL at connect,
+//! the sender check at MAIL, relay, users and greylisting at RCPT, AUTH (with the per-address
+//! throttle), ownership of the From: header, and sender authentication (SPF, DKIM, ARC,
+//! DMARC) of the message. The inbound driver only carries the answers back to the session.
+//!
+//! Relay rule (no open relay): mail for local domains is accepted from anyone; mail for any
+//! other domain only from an authenticated session. The domain that decides is the one after
+//! the last unquoted `@`, as parsed by the protocol core, so percent hacks, bang paths, quoted
+//! `@` and source routes cannot smuggle a remote destination past this check.
+//!
+//! SPF is evaluated at most once per transaction: at RCPT when greylisting may exempt a
+//! passing sender, kept in the [`Transaction`], and reused by sender authentication after
+//! DATA. Only a check that did not finish in time (and so told nothing) is made again there.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kurier_smtp::session::{AuthVerdict, Verdict};
+use kurier_smtp::{ForwardPath, MailParams, Mailbox, RcptParams, Reply, ReversePath, Role, codes};
+use mail_auth::{SpfOutput, SpfResult};
+
+use crate::config::Config;
+use crate::directory::{Directory, Resolution};
+use crate::dns::MxResolver;
+use crate::time::unix_now;
+
+pub mod dnsbl;
+pub mod greylist;
+pub mod sender_auth;
+pub mod spf;
+pub mod spf_record;
+pub mod throttle;
+
+use greylist::Greylist;
+use throttle::{AuthThrottle, RateLimit};
+
+/// How long the SPF check made at RCPT for the greylisting exemption may take; a slow DNS
+/// server then means no exemption (the client is greylisted and retries), not a stall.
+pub const GREYLIST_SPF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The policy and the state it keeps across connections.
+pub struct Policy {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Users, aliases, domains.
+    pub directory: Arc<Directory>,
+    /// DNS for DNSBL, SPF, DKIM, DMARC.
+    pub resolver: Arc<MxResolver>,
+    /// Greylisting, when enabled.
+    pub greylist: Option<Arc<Greylist>>,
+    /// AUTH failures per client address.
+    pub auth_throttle: AuthThrottle,
+    /// Messages per minute per client address.
+    pub message_rate: RateLimit,
+}
+
+/// Who is asking: facts of the connection that decisions depend on.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The listener's role.
+    pub role: Role,
+    /// The authenticated user.
+    pub auth: Option<&'a str>,
+    /// The HELO/EHLO name.
+    pub helo: &'a str,
+}
+
+/// What the policy learned about the current transaction (from MAIL to the end of DATA),
+/// kept by the driver and reset at every accepted MAIL.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    /// The accepted MAIL FROM.
+    pub from: Option<ReversePath>,
+    /// The SPF result for this client and sender, once evaluated.
+    pub spf: Option<SpfOutput>,
+}
+
+/// A message that sender authentication lets in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SenderChecked {
+    /// The Authentication-Results header field to prepend, CRLF-terminated.
+    pub header: String,
+    /// It failed DMARC without being refused: Junk folder where the recipient's domain
+    /// quarantines.
+    pub junk: bool,
+}
+
+impl Policy {
+    /// RFC 5782: a client on the `smtp` role listed on a configured DNSBL is refused before
+    /// the greeting (554 naming the zone).
+    pub async fn on_connect(&self, ip: IpAddr, role: Role) -> Option<Reply> {
+        if role != Role::Smtp || self.config.dnsbl.zones.is_empty() {
+            return None;
+        }
+        let zone = dnsbl::listed(&self.resolver, ip, &self.config.dnsbl.zones).await?;
+        tracing::info!(peer = %ip, zone = %zone, "client listed on DNSBL, refused");
+        Some(Reply::new(
+            554,
+            codes::NOT_AUTHORIZED,
+            format!("Service unavailable; client [{ip}] blocked using {zone}"),
+        ))
+    }
+
+    /// MAIL FROM: the per-address message rate applies (451); an authenticated user may
+    /// only use a sender they own (their address, an alias that delivers to them, or a grant
+    /// in `[senders]`); otherwise 553 5.7.1. The null sender is allowed. Unauthenticated
+    /// senders are not restricted here. An accepted sender starts a new [`Transaction`].
+    pub fn check_mail(
+        &self,
+        from: &ReversePath,
+        _params: &MailParams,
+        client: &Client<'_>,
+        tx: &mut Transaction,
+    ) -> Verdict {
+        if !self.message_rate.allow(client.ip) {
+            return Verdict::Reject(Reply::new(
+                451,
+                codes::SECURITY_TEMP,
+                "Too many messages per minute from your address, try again later",
+            ));
+        }
+        if let (Some(user), ReversePath::Mailbox(m)) = (client.auth, from)
+            && !self.directory.may_send_as(user, m)
+        {
+            return Verdict::Reject(Reply::new(
+                553,
+                codes::NOT_AUTHORIZED,
+                format!("<{m}>: Sender address not owned by user {user}"),
+            ));
+        }
+        *tx = Transaction {
+            from: Some(from.clone()),
+            spf: None,
+        };
+        Verdict::Accept
+    }
+
+    /// RCPT TO: local users, aliases and postmaster are accepted; unknown local users get
+    /// 550 5.1.1 now (not a bounce later, which would be backscatter); remote domains need
+    /// AUTH. Unauthenticated mail on the `smtp` role may be greylisted (451 4.7.1).
+    pub async fn check_rcpt(
+        &self,
+        to: &ForwardPath,
+        _params: &RcptParams,
+        client: &Client<'_>,
+        tx: &mut Transaction,
+    ) -> Verdict {
+        let m = match to {
+            // RFC 5321 §4.5.1: <Postmaster> without a domain is always accepted.
+            ForwardPath::Postmaster => return Verdict::Accept,
+            ForwardPath::Mailbox(m) => m,
+        };
+        match self.directory.resolve(m) {
+            Resolution::Local(_) => self.greylist(m, client, tx).await,
+            Resolution::Unknown => Verdict::Reject(Reply::new(
+                550,
+                codes::NO_SUCH_USER,
+                format!("<{m}>: Recipient address rejected: no such user here"),
+            )),
+            Resolution::Remote if client.auth.is_some() => Verdict::Accept,
+            Resolution::Remote => Verdict::Reject(Reply::new(
+                554,
+                codes::NOT_AUTHORIZED,
+                format!("<{m}>: Relay access denied (authenticate to send to other domains)"),
+            )),
+        }
+    }
+
+    /// Greylisting applies to unauthenticated clients of the `smtp` role outside the exempt
+    /// networks. A sender whose domain passes SPF may be exempt: SPF is then evaluated once
+    /// for the transaction (a triplet that passed before needs no lookups).
+    async fn greylist(&self, to: &Mailbox, client: &Client<'_>, tx: &mut Transaction) -> Verdict {
+        let (Some(g), Some(from)) = (&self.greylist, tx.from.clone()) else {
+            return Verdict::Accept;
+        };
+        if client.auth.is_some() || client.role != Role::Smtp || g.exempt(client.ip) {
+            return Verdict::Accept;
+        }
+        let now = unix_now();
+        if g.exempts_spf_pass()
+            && from.mailbox().is_some()
+            && !g.has_passed(client.ip, &from, to, now)
+        {
+            if tx.spf.is_none() {
+                let check = self.spf(client, &from);
+                tx.spf = tokio::time::timeout(GREYLIST_SPF_TIMEOUT, check).await.ok();
+            }
+            if tx
+                .spf
+                .as_ref()
+                .is_some_and(|o| o.result() == SpfResult::Pass)
+            {
+                return Verdict::Accept;
+            }
+        }
+        match g.check(client.ip, &from, to, now) {
+            Some(reply) => {
+                tracing::info!(peer = %client.ip, from = %from, rcpt = %to, "greylisted");
+                Verdict::Reject(reply)
+            }
+            None => Verdict::Accept,
+        }
+    }
+
+    /// SPF for this client and sender (RFC 7208 §2.4: the HELO identity for the null sender).
+    pub async fn spf(&self, client: &Client<'_>, from: &ReversePath) -> SpfOutput {
+        let sender = from.mailbox().map(|m| m.to_string()).unwrap_or_default();
+        spf::verify(
+            &self.resolver,
+            client.ip,
+            client.helo,
+            &self.config.hostname,
+            &sender,
+        )
+        .await
+    }
+
+    /// AUTH: over the per-address failure limit, the growing delay is waited out and the
+    /// attempt refused unchecked; acting as another user (an authzid other than the user,
+    /// RFC 4616 §2) is bad credentials; otherwise the password is checked off the reactor.
+    /// Every failure counts toward the per-address limit.
+    pub async fn authenticate(
+        &self,
+        ip: IpAddr,
+        username: &str,
+        password: String,
+        authzid: Option<&str>,
+    ) -> AuthVerdict {
+        if let Some(delay) = self.auth_throttle.blocked(ip) {
+            tokio::time::sleep(delay).await;
+            tracing::warn!(peer = %ip, user = %username, "authentication refused: too many failures from this address");
+            return AuthVerdict::Throttled;
+        }
+        let verdict = if let Some(other) = authzid {
+            tracing::warn!(peer = %ip, user = %username, authzid = %other, "authentication refused: acting as another user is not offered");
+            AuthVerdict::BadCredentials
+        } else {
+            let (dir, user) = (self.directory.clone(), username.to_string());
+            match tokio::task::spawn_blocking(move || dir.verify_password(&user, &password)).await {
+                Ok(true) => AuthVerdict::Success,
+                Ok(false) => AuthVerdict::BadCredentials,
+                Err(_) => AuthVerdict::Unavailable,
+            }
+        };
+        if verdict == AuthVerdict::BadCredentials {
+            self.auth_throttle.failed(ip);
+            tracing::warn!(peer = %ip, user = %username, "authentication failed");
+        }
+        verdict
+    }
+
+    /// The From: addresses of a message an authenticated user submits must be theirs too
+    /// (RFC 5322 §3.6.2), or the sender check could be dodged in the header readers see.
+    pub fn check_from_header(&self, user: &str, message: &[u8]) -> Result<(), Reply> {
+        let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
+            return Ok(());
+        };
+        let Some(from) = parsed.from() else {
+            return Ok(());
+        };
+        for addr in from.iter() {
+            let text = addr.address().unwrap_or_default();
+            let owned = Mailbox::parse(text).is_ok_and(|m| self.directory.may_send_as(user, &m));
+            if !owned {
+                return Err(Reply::new(
+                    553,
+                    codes::NOT_AUTHORIZED,
+                    format!("From: address <{text}> not owned by user {user}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sender authentication of a message received on the `smtp` role without AUTH, under
+    /// the policies of the local recipients' domains (the defaults when none is local).
+    /// Reuses the transaction's SPF result. `Err` is the refusal.
+    pub async fn check_sender(
+        &self,
+        client: &Client<'_>,
+        from: &ReversePath,
+        recipient_domains: &[&str],
+        tx: &mut Transaction,
+        message: &[u8],
+    ) -> Result<SenderChecked, Reply> {
+        let check = sender_auth::Check {
+            hostname: &self.config.hostname,
+            ip: client.ip,
+            helo: client.helo,
+            from,
+        };
+        let evaluation =
+            sender_auth::evaluate(&self.resolver, &check, tx.spf.take(), message).await;
+        let mut policies: Vec<_> = recipient_domains
+            .iter()
+            .map(|d| self.config.authentication.policy(d))
+            .collect();
+        if policies.is_empty() {
+            policies.push(self.config.authentication.policy(""));
+        }
+        let verdict = evaluation.decide(&policies);
+        match verdict.refusal {
+            Some(reply) => {
+                tracing::info!(from = %from, client = %client.ip, reply = %reply, "message refused by sender authentication");
+                Err(reply)
+            }
+            None => Ok(SenderChecked {
+                header: evaluation.header,
+                junk: verdict.junk,
+            }),
+        }
+    }
+}

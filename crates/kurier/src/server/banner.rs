@@ -1,0 +1,54 @@
+//! The text printed once the server listens: what runs where, and how to try it.
+
+use std::path::Path;
+
+use kurier_smtp::Role;
+
+use crate::config::{Config, RoleName};
+
+/// Prints what each listener is for, where the mail goes, and a first command to try.
+pub(super) fn print_banner(config: &Config, data_dir: &Path) {
+    let domain = config
+        .domains
+        .first()
+        .map(String::as_str)
+        .unwrap_or("localhost");
+    let mut text = format!(
+        "Kurier {} is running; data in {}\n",
+        env!("CARGO_PKG_VERSION"),
+        data_dir.display()
+    );
+    for l in &config.listeners {
+        let what = match l.role {
+            RoleName::Smtp => format!(
+                "incoming mail for {} (STARTTLS offered)",
+                config.domains.join(", ")
+            ),
+            RoleName::Submission => "submission: STARTTLS, then AUTH PLAIN/LOGIN".to_string(),
+            RoleName::Submissions => "submission over implicit TLS, AUTH PLAIN/LOGIN".to_string(),
+        };
+        text.push_str(&format!(
+            "  {:<12} {:<22} {}\n",
+            Role::from(l.role).name(),
+            l.address,
+            what
+        ));
+    }
+    let smtp = config
+        .listeners
+        .iter()
+        .find(|l| l.role == RoleName::Smtp)
+        .map(|l| l.address.to_string())
+        .unwrap_or_else(|| "HOST:PORT".into());
+    text.push_str(&format!(
+        "Mail is delivered to Maildirs under {}/mail/<domain>/<user>/ (postmaster@{domain} exists from the start)\n\
+         Add a user:  kurier user add alice@{domain} --data-dir {}\n\
+         Try it:      swaks --server {smtp} --to postmaster@{domain}\n\
+         Stop with Ctrl-C.\n",
+        data_dir.display(),
+        data_dir.display()
+    ));
+    print!("{text}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
