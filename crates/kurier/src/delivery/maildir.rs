@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
+
+use crate::fsutil::{WriteOptions, sync_dir, write_atomic};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Maildirs known to exist, so a delivery does not re-create them every time.
@@ -87,30 +90,18 @@ pub fn deliver(dir: &Path, host: &str, headers: &str, message: &[u8]) -> io::Res
     if TMPFILE_WORKS.load(Ordering::Relaxed) {
         match write_unnamed(&dir.join("new"), &new, &content) {
             Ok(true) => {
-                return File::open(dir.join("new"))
-                    .and_then(|d| d.sync_all())
-                    .map(|()| new);
+                return sync_dir(&dir.join("new")).map(|()| new);
             }
             Ok(false) => TMPFILE_WORKS.store(false, Ordering::Relaxed),
             Err(e) => return Err(e),
         }
     }
-    let tmp = dir.join("tmp").join(&name);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&content)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &new)?;
-        File::open(dir.join("new"))?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map(|()| new)
+    // Maildir's own protocol (tmp/, then new/) is the one durable write.
+    let options = WriteOptions {
+        tmp_dir: Some(dir.join("tmp")),
+        ..WriteOptions::private()
+    };
+    write_atomic(&new, &[&content], &options).map(|()| new)
 }
 
 /// Writes `content` as an unnamed file in `new_dir`, fsyncs it, and links it as `path`.
@@ -124,7 +115,13 @@ fn write_unnamed(new_dir: &Path, path: &Path, content: &[u8]) -> io::Result<bool
     let mut f = match opened {
         Ok(f) => f,
         // EOPNOTSUPP / EISDIR / EINVAL: no O_TMPFILE here.
-        Err(e) if matches!(e.raw_os_error(), Some(95) | Some(21) | Some(22)) => return Ok(false),
+        Err(e)
+            if e.raw_os_error().map(Errno::from_raw).is_some_and(|n| {
+                matches!(n, Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL)
+            }) =>
+        {
+            return Ok(false);
+        }
         Err(e) => return Err(e),
     };
     f.write_all(content)?;
@@ -161,6 +158,20 @@ fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn without_o_tmpfile_the_message_goes_through_tmp_and_tmp_is_left_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = dir.path().join("bob");
+        // Other tests may run meanwhile; they only take the same fallback path.
+        TMPFILE_WORKS.store(false, Ordering::Relaxed);
+        let p = deliver(&md, "mx.test", "", b"Subject: x\r\n\r\nbody\r\n");
+        TMPFILE_WORKS.store(true, Ordering::Relaxed);
+        let p = p.unwrap();
+        assert!(p.starts_with(md.join("new")));
+        assert_eq!(fs::read(&p).unwrap(), b"Subject: x\n\nbody\n");
+        assert_eq!(fs::read_dir(md.join("tmp")).unwrap().count(), 0);
+    }
 
     #[test]
     fn delivers_into_new_with_lf_line_ends() {
