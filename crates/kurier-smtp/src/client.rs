@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::address::{Mailbox, ReversePath};
 use crate::command::{Notify, OriginalRecipient, Ret, encode_xtext};
 use crate::reply::{EnhancedCode, Reply, codes};
 
@@ -62,8 +63,8 @@ pub struct ClientConfig {
 /// One recipient of an outbound transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundRecipient {
-    /// The address (wire form, without brackets).
-    pub address: String,
+    /// The address.
+    pub address: Mailbox,
     /// RFC 3461 NOTIFY.
     pub notify: Option<Notify>,
     /// RFC 3461 ORCPT.
@@ -73,8 +74,8 @@ pub struct OutboundRecipient {
 /// One outbound transaction's envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundTransaction {
-    /// Reverse path without brackets; empty for `<>`.
-    pub from: String,
+    /// The reverse path (`<>` for reports).
+    pub from: ReversePath,
     /// Recipients, all for this next hop.
     pub recipients: Vec<OutboundRecipient>,
     /// Message size in octets.
@@ -421,7 +422,7 @@ impl ClientSession {
             mail_failed: None,
             needs_rset: false,
         });
-        let mut mail = format!("MAIL FROM:<{}>", tx.from);
+        let mut mail = format!("MAIL FROM:{}", tx.from);
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", tx.size));
         }

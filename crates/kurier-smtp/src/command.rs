@@ -81,6 +81,11 @@ pub enum Body {
 
 /// `RET=` values (RFC 3461 §4.3): what a DSN returns of the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "UPPERCASE")
+)]
 pub enum Ret {
     /// The whole message.
     Full,
@@ -90,6 +95,7 @@ pub enum Ret {
 
 /// `NOTIFY=` (RFC 3461 §4.1): when the sender wants a DSN for this recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Notify {
     /// NOTIFY=NEVER.
     pub never: bool,
@@ -103,6 +109,7 @@ pub struct Notify {
 
 /// `ORCPT=addr-type;xtext` (RFC 3461 §4.2), decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct OriginalRecipient {
     /// The address type, e.g. `rfc822` or `utf-8`.
     pub addr_type: String,

@@ -12,6 +12,7 @@
 //! - [`session`]: the server session state machine.
 //! - [`client`]: the client session state machine for outbound delivery.
 //! - [`trace`]: the Received trace header (RFC 5321 §4.4).
+//! - `stored` (feature `serde`): the protocol values in their wire form, for the spool.
 //!
 //! ## Design
 //! The wire format's strictness is owned here rather than left to a general parser: only CRLF
@@ -28,6 +29,8 @@ pub mod command;
 pub mod data;
 pub mod reply;
 pub mod session;
+#[cfg(feature = "serde")]
+mod stored;
 pub mod trace;
 
 pub use address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};

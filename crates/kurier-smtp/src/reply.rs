@@ -10,6 +10,36 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EnhancedCode(pub u8, pub u16, pub u16);
 
+impl EnhancedCode {
+    /// Parses `class.subject.detail` (RFC 3463 §2): class 2, 4 or 5, subject and detail of
+    /// one to three digits.
+    pub fn parse(s: &str) -> Option<EnhancedCode> {
+        let mut parts = s.split('.');
+        let (Some(c), Some(sub), Some(det), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let number = |p: &str| {
+            (!p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse::<u16>().ok())
+                .flatten()
+        };
+        let class = match c {
+            "2" => 2,
+            "4" => 4,
+            "5" => 5,
+            _ => return None,
+        };
+        Some(EnhancedCode(class, number(sub)?, number(det)?))
+    }
+
+    /// A permanent failure (class 5).
+    pub fn is_permanent(&self) -> bool {
+        self.0 == 5
+    }
+}
+
 impl fmt::Display for EnhancedCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.0, self.1, self.2)
@@ -200,6 +230,23 @@ pub mod codes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enhanced_codes_parse_back() {
+        for code in [
+            EnhancedCode(2, 0, 0),
+            EnhancedCode(4, 4, 7),
+            EnhancedCode(5, 7, 26),
+        ] {
+            assert_eq!(EnhancedCode::parse(&code.to_string()), Some(code));
+        }
+        for bad in [
+            "", "5", "5.1", "3.1.1", "5.1.1.", "5.x.1", "5.1234.1", " 5.1.1", "5.1.+1",
+        ] {
+            assert_eq!(EnhancedCode::parse(bad), None, "{bad:?}");
+        }
+        assert!(EnhancedCode(5, 1, 1).is_permanent() && !EnhancedCode(4, 1, 1).is_permanent());
+    }
 
     #[test]
     fn single_line_with_enhanced_code() {

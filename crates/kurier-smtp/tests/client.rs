@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kurier_smtp::client::*;
-use kurier_smtp::{Notify, OriginalRecipient, Ret};
+use kurier_smtp::{Mailbox, Notify, OriginalRecipient, Ret, ReversePath};
 
 struct Script {
     c: ClientSession,
@@ -59,11 +59,11 @@ impl Script {
 
 fn tx(rcpts: &[&str]) -> OutboundTransaction {
     OutboundTransaction {
-        from: "a@src.test".into(),
+        from: ReversePath::Mailbox(mailbox("a@src.test")),
         recipients: rcpts
             .iter()
             .map(|r| OutboundRecipient {
-                address: r.to_string(),
+                address: mailbox(r),
                 notify: None,
                 orcpt: None,
             })
@@ -359,4 +359,8 @@ fn multiline_replies_and_enhanced_codes() {
         s.last_event().starts_with("failed"),
         "a lone dot is not a reply"
     );
+}
+
+fn mailbox(s: &str) -> Mailbox {
+    Mailbox::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
 }

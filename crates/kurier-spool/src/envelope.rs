@@ -1,8 +1,10 @@
 //! The envelope: everything about a queued message except its bytes.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kurier_smtp::{EnhancedCode, Mailbox, Notify, OriginalRecipient, Ret, ReversePath};
 use serde::{Deserialize, Serialize};
 
 /// A queue id: 13 hex digits of microseconds since the epoch, then 8 random hex digits.
@@ -65,17 +67,109 @@ impl fmt::Display for QueueId {
 /// Attempts remembered per recipient.
 pub const MAX_HISTORY: usize = 20;
 
-/// RFC 3461 §4.1 NOTIFY flags, kept for the DSN generator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct NotifyFlags {
-    /// NOTIFY=NEVER.
-    pub never: bool,
-    /// SUCCESS.
-    pub success: bool,
-    /// FAILURE.
-    pub failure: bool,
-    /// DELAY.
-    pub delay: bool,
+/// A server spoken to: its name and, once connected, its address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteHost {
+    /// The host name (an MX host or a route's host).
+    pub name: String,
+    /// The address connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+}
+
+impl fmt::Display for RemoteHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            Some(ip) => write!(f, "{} [{ip}]", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Who produced a diagnostic (RFC 3464 §2.3.6 diagnostic-type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiagnosticType {
+    /// A remote server's reply.
+    #[serde(rename = "smtp")]
+    Smtp,
+    /// Kurier itself (a local error, a DNS failure, a timeout).
+    #[serde(rename = "x-kurier")]
+    Local,
+}
+
+impl DiagnosticType {
+    /// The RFC 3464 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiagnosticType::Smtp => "smtp",
+            DiagnosticType::Local => "x-kurier",
+        }
+    }
+}
+
+/// Why a delivery did not happen: one value from the attempt to the DSN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The RFC 3463 status, e.g. `5.1.1`.
+    pub status: EnhancedCode,
+    /// Who said it.
+    pub kind: DiagnosticType,
+    /// The remote reply (`550 5.1.1 no such user`) or the local error.
+    pub text: String,
+    /// The server involved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteHost>,
+}
+
+impl Failure {
+    /// A failure found by Kurier itself.
+    pub fn local(status: EnhancedCode, text: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            kind: DiagnosticType::Local,
+            text: text.into(),
+            remote: None,
+        }
+    }
+}
+
+/// The RFC 3464 diagnostic form, `type; text`.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", self.kind.as_str(), self.text)
+    }
+}
+
+/// Where a recipient's copy went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case")]
+pub enum Delivered {
+    /// Into local Maildirs (one file per distinct mailbox the address leads to).
+    Local {
+        /// The message files written.
+        files: Vec<String>,
+    },
+    /// Accepted by the next hop.
+    Remote {
+        /// The server.
+        host: RemoteHost,
+        /// Its final reply.
+        reply: String,
+        /// It offered no DSN (RFC 3461 "relayed": no further reports will come).
+        relayed: bool,
+    },
+}
+
+impl fmt::Display for Delivered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Delivered::Local { files } if files.is_empty() => {
+                f.write_str("delivered (a copy already went to the same mailbox)")
+            }
+            Delivered::Local { files } => write!(f, "delivered to {}", files.join(" ")),
+            Delivered::Remote { host, reply, .. } => write!(f, "delivered to {host}: {reply}"),
+        }
+    }
 }
 
 /// Where a recipient stands.
@@ -84,42 +178,69 @@ pub struct NotifyFlags {
 pub enum RecipientStatus {
     /// Not yet delivered; `next_attempt` says when to try (again).
     Pending,
-    /// Delivered (unix time).
+    /// Delivered.
     Delivered {
-        /// When.
+        /// When (unix time).
         at: u64,
-        /// Where to (a mailbox path or the remote server and its reply), for logs and DSNs.
-        detail: String,
-        /// Handed to a server without DSN support (RFC 3461 "relayed").
-        #[serde(default)]
-        relayed: bool,
+        /// Where to.
+        delivered: Delivered,
     },
     /// Failed permanently; a DSN is due unless NOTIFY says otherwise.
     Failed {
-        /// When.
+        /// When (unix time).
         at: u64,
-        /// The reason as `type; text`, e.g. `smtp; 550 5.1.1 no such user`.
-        reason: String,
-        /// RFC 3463 status, e.g. `5.1.1`.
-        #[serde(default)]
-        status: String,
-        /// The remote server that refused, if any.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        remote_mta: Option<String>,
+        /// Why.
+        failure: Failure,
     },
+}
+
+/// What one attempt did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AttemptResult {
+    /// Delivered.
+    Delivered {
+        /// Where to.
+        delivered: Delivered,
+    },
+    /// A temporary failure; retried later.
+    Deferred {
+        /// Why.
+        failure: Failure,
+    },
+    /// A permanent failure.
+    Failed {
+        /// Why.
+        failure: Failure,
+    },
+    /// An attempt recorded by queue format 1, which kept only a line of text.
+    Recorded {
+        /// The line.
+        text: String,
+    },
+}
+
+/// One attempt, for `kurier queue show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When (unix time; 0 for attempts recorded by format 1).
+    pub at: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub result: AttemptResult,
 }
 
 /// One recipient of a queued message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientState {
-    /// The address, as given in RCPT TO (wire form, without angle brackets).
-    pub address: String,
-    /// RFC 3461 ORCPT, as `addr-type;address` (decoded).
+    /// The address, as given in RCPT TO.
+    pub address: Mailbox,
+    /// RFC 3461 ORCPT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orcpt: Option<String>,
+    pub orcpt: Option<OriginalRecipient>,
     /// RFC 3461 NOTIFY, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notify: Option<NotifyFlags>,
+    pub notify: Option<Notify>,
     /// True when the address is in one of our domains (local delivery).
     pub local: bool,
     /// Delivery status.
@@ -130,26 +251,20 @@ pub struct RecipientState {
     /// Unix time of the next attempt (booked before each attempt).
     #[serde(default)]
     pub next_attempt: u64,
-    /// The last temporary error as `type; text`, for `queue list` and delay DSNs.
+    /// The last temporary failure, for `queue list` and delay DSNs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// RFC 3463 status of the last temporary error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_status: Option<String>,
-    /// The remote server of the last attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_mta: Option<String>,
+    pub last_failure: Option<Failure>,
     /// A DSN about this recipient's final state was sent (or was not wanted).
     #[serde(default)]
     pub notified: bool,
-    /// The most recent attempts, oldest first: "date: outcome" (for `kurier queue show`).
+    /// The most recent attempts, oldest first (at most [`MAX_HISTORY`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<String>,
+    pub history: Vec<Attempt>,
 }
 
 impl RecipientState {
     /// A new pending recipient.
-    pub fn new(address: String, local: bool) -> Self {
+    pub fn new(address: Mailbox, local: bool) -> Self {
         RecipientState {
             address,
             orcpt: None,
@@ -158,9 +273,7 @@ impl RecipientState {
             status: RecipientStatus::Pending,
             attempts: 0,
             next_attempt: 0,
-            last_error: None,
-            last_status: None,
-            last_mta: None,
+            last_failure: None,
             notified: false,
             history: Vec::new(),
         }
@@ -171,12 +284,56 @@ impl RecipientState {
         matches!(self.status, RecipientStatus::Pending)
     }
 
-    /// Records an attempt, keeping the last [`MAX_HISTORY`] entries.
-    pub fn record_attempt(&mut self, entry: String) {
+    /// The NOTIFY of RFC 3461 §4.1 as it applies to one kind of report: NEVER wins, a
+    /// listed kind is wanted, and without NOTIFY the default applies (failures and delays).
+    pub fn wants(&self, pick: fn(&Notify) -> bool, default: bool) -> bool {
+        match &self.notify {
+            Some(n) if n.never => false,
+            Some(n) => pick(n),
+            None => default,
+        }
+    }
+
+    /// Records an attempt, keeping the last [`MAX_HISTORY`].
+    fn record(&mut self, at: u64, result: AttemptResult) {
         if self.history.len() >= MAX_HISTORY {
             self.history.remove(0);
         }
-        self.history.push(entry);
+        self.history.push(Attempt { at, result });
+    }
+
+    /// The recipient was delivered.
+    pub fn delivered(&mut self, at: u64, delivered: Delivered) {
+        self.record(
+            at,
+            AttemptResult::Delivered {
+                delivered: delivered.clone(),
+            },
+        );
+        self.status = RecipientStatus::Delivered { at, delivered };
+    }
+
+    /// The recipient failed for good.
+    pub fn failed(&mut self, at: u64, failure: Failure) {
+        self.record(
+            at,
+            AttemptResult::Failed {
+                failure: failure.clone(),
+            },
+        );
+        self.status = RecipientStatus::Failed { at, failure };
+    }
+
+    /// The attempt failed temporarily; the next one is at `next_attempt`.
+    pub fn deferred(&mut self, at: u64, failure: Failure, next_attempt: u64) {
+        self.record(
+            at,
+            AttemptResult::Deferred {
+                failure: failure.clone(),
+            },
+        );
+        self.last_failure = Some(failure);
+        self.next_attempt = next_attempt;
     }
 }
 
@@ -187,8 +344,8 @@ pub struct Envelope {
     pub id: QueueId,
     /// Unix time of acceptance.
     pub received_at: u64,
-    /// The reverse path without brackets; empty for the null sender `<>`.
-    pub sender: String,
+    /// The reverse path; the null path `<>` for reports.
+    pub sender: ReversePath,
     /// Recipients with their state.
     pub recipients: Vec<RecipientState>,
     /// Size of the message bytes.
@@ -199,15 +356,15 @@ pub struct Envelope {
     /// SMTPUTF8 was declared (RFC 6531).
     #[serde(default)]
     pub smtputf8: bool,
-    /// RFC 3461 RET: `FULL` or `HDRS`.
+    /// RFC 3461 RET.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ret: Option<String>,
-    /// RFC 3461 ENVID.
+    pub ret: Option<Ret>,
+    /// RFC 3461 ENVID, decoded from xtext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envid: Option<String>,
-    /// The client's IP address.
-    #[serde(default)]
-    pub client_ip: String,
+    /// The client's IP address; none for mail Kurier made itself (reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
     /// The client's HELO name.
     #[serde(default)]
     pub helo: String,
@@ -227,6 +384,34 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// An envelope with no client, flags or parameters, for mail Kurier makes itself and
+    /// for tests; the receiving side fills in the rest.
+    pub fn new(
+        id: QueueId,
+        received_at: u64,
+        sender: ReversePath,
+        recipients: Vec<RecipientState>,
+        size: u64,
+    ) -> Envelope {
+        Envelope {
+            id,
+            received_at,
+            sender,
+            recipients,
+            size,
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            client_ip: None,
+            helo: String::new(),
+            auth_user: None,
+            hold: false,
+            delay_warned: false,
+            junk: false,
+        }
+    }
+
     /// True when no recipient is left to deliver.
     pub fn is_done(&self) -> bool {
         self.recipients.iter().all(|r| !r.is_pending())

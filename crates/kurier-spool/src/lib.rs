@@ -8,9 +8,10 @@
 //! ```text
 //! spool/
 //!   tmp/          files being written; anything here at startup was never acknowledged
-//!   queue/<id>    committed messages: header line, envelope (JSON), message bytes
+//!   queue/<id>    committed messages: header line `KURIER-QUEUE 2 <json-len> <body-len>`,
+//!                 envelope (JSON), message bytes
 //!   state/<id>    the current envelope once delivery made progress (supersedes the one
-//!                 inside queue/<id>)
+//!                 inside queue/<id>); `KURIER-STATE 2`, then the JSON
 //!   corrupt/      files that failed validation; kept for the admin, never deleted
 //! ```
 //!
@@ -25,6 +26,11 @@
 //!
 //! The queue file carries its own lengths, so recovery detects truncation or damage and moves
 //! such a file to `corrupt/` instead of guessing.
+//!
+//! ## Formats
+//! Format 2 stores protocol values typed, in their wire form (mailboxes, RFC 3463 codes,
+//! NOTIFY/RET/ORCPT, a failure as status + diagnostic + remote host). Format 1 files (the
+//! first release's) are still read and upgraded in `v1`; only format 2 is written.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,6 +38,10 @@
 pub mod durable;
 mod envelope;
 mod store;
+mod v1;
 
-pub use envelope::{Envelope, NotifyFlags, QueueId, RecipientState, RecipientStatus};
-pub use store::{Recovery, Spool, SpoolError};
+pub use envelope::{
+    Attempt, AttemptResult, Delivered, DiagnosticType, Envelope, Failure, MAX_HISTORY, QueueId,
+    RecipientState, RecipientStatus, RemoteHost,
+};
+pub use store::{Recovery, Spool, SpoolError, decode_queue_file};

@@ -8,8 +8,15 @@ use thiserror::Error;
 
 use crate::durable::{WriteOptions, write_atomic};
 use crate::envelope::{Envelope, QueueId};
+use crate::v1::EnvelopeV1;
 
-const MAGIC: &str = "KURIER-QUEUE 1";
+/// The header of a queue file in the format written now.
+const MAGIC: &str = "KURIER-QUEUE 2";
+/// The header of format 1, still read (see [`crate::v1`]).
+const MAGIC_V1: &str = "KURIER-QUEUE 1";
+/// The first line of a state file in the format written now; a format 1 state file is bare
+/// JSON and starts with `{`.
+const STATE_MAGIC: &[u8] = b"KURIER-STATE 2\n";
 
 /// Spool failures. `NoSpace` is separate so the server can answer 452 4.3.1.
 #[derive(Debug, Error)]
@@ -128,7 +135,7 @@ impl Spool {
             path: dest.clone(),
             reason: e.to_string(),
         })?;
-        self.write_durably(&[&json], &dest)
+        self.write_durably(&[STATE_MAGIC, &json], &dest)
     }
 
     /// The one durable write, with the temporary file in `tmp/` (emptied by recovery).
@@ -151,7 +158,7 @@ impl Spool {
                 _ => io_err(&path)(e),
             })?;
         let (mut envelope, body_start) =
-            parse_queue_file(&data).map_err(|reason| SpoolError::Corrupt {
+            decode_queue_file(&data).map_err(|reason| SpoolError::Corrupt {
                 path: path.clone(),
                 reason,
             })?;
@@ -175,14 +182,9 @@ impl Spool {
     fn load_state(&self, id: &QueueId) -> Result<Option<Envelope>, SpoolError> {
         let path = self.state_path(id);
         match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|e| SpoolError::Corrupt {
-                        path,
-                        reason: e.to_string(),
-                    })
-            }
+            Ok(bytes) => decode_state_file(&bytes)
+                .map(Some)
+                .map_err(|reason| SpoolError::Corrupt { path, reason }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -269,14 +271,19 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     crate::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
-/// Validates a queue file: header with lengths, JSON envelope, exact body length.
-fn parse_queue_file(data: &[u8]) -> Result<(Envelope, usize), String> {
+/// Decodes a queue file: the header line with its lengths, the envelope (JSON, format 2 or
+/// format 1 upgraded), and the exact body length. Returns the envelope and where the body
+/// starts. Public so that it can be fuzzed: it reads whatever a damaged disk holds.
+pub fn decode_queue_file(data: &[u8]) -> Result<(Envelope, usize), String> {
     let nl = data
         .iter()
         .position(|&b| b == b'\n')
         .ok_or("no header line")?;
     let header = std::str::from_utf8(&data[..nl]).map_err(|_| "header is not UTF-8")?;
-    let rest = header.strip_prefix(MAGIC).ok_or("bad magic")?;
+    let (rest, v1) = match header.strip_prefix(MAGIC) {
+        Some(rest) => (rest, false),
+        None => (header.strip_prefix(MAGIC_V1).ok_or("bad magic")?, true),
+    };
     let mut nums = rest.split_ascii_whitespace().map(str::parse::<usize>);
     let (Some(Ok(json_len)), Some(Ok(body_len)), None) = (nums.next(), nums.next(), nums.next())
     else {
@@ -287,51 +294,65 @@ fn parse_queue_file(data: &[u8]) -> Result<(Envelope, usize), String> {
         .checked_add(json_len)
         .and_then(|n| n.checked_add(1))
         .ok_or("length overflow")?;
-    if data.len() != body_start.checked_add(body_len).ok_or("length overflow")? {
-        return Err(format!(
-            "file is {} bytes, header says {}",
-            data.len(),
-            body_start + body_len
-        ));
+    let total = body_start.checked_add(body_len).ok_or("length overflow")?;
+    if data.len() != total {
+        return Err(format!("file is {} bytes, header says {total}", data.len()));
     }
     if data[body_start - 1] != b'\n' {
         return Err("missing envelope terminator".into());
     }
-    let envelope: Envelope =
-        serde_json::from_slice(&data[json_start..body_start - 1]).map_err(|e| e.to_string())?;
+    let json = &data[json_start..body_start - 1];
+    let envelope = if v1 {
+        decode_v1(json)?
+    } else {
+        serde_json::from_slice(json).map_err(|e| e.to_string())?
+    };
     if envelope.size != body_len as u64 {
         return Err("envelope size does not match body".into());
     }
     Ok((envelope, body_start))
 }
 
+/// Decodes a state file of either format.
+fn decode_state_file(data: &[u8]) -> Result<Envelope, String> {
+    match data.strip_prefix(STATE_MAGIC) {
+        Some(json) => serde_json::from_slice(json).map_err(|e| e.to_string()),
+        None if data.first() == Some(&b'{') => decode_v1(data),
+        None => Err("bad state file header".into()),
+    }
+}
+
+fn decode_v1(json: &[u8]) -> Result<Envelope, String> {
+    serde_json::from_slice::<EnvelopeV1>(json)
+        .map_err(|e| format!("format 1: {e}"))?
+        .upgrade()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::envelope::{RecipientState, RecipientStatus};
+    use crate::envelope::{Delivered, RecipientState};
+    use kurier_smtp::{Mailbox, ReversePath};
+
+    fn mailbox(s: &str) -> Mailbox {
+        Mailbox::parse(s).unwrap()
+    }
 
     fn envelope(body: &[u8]) -> Envelope {
-        Envelope {
-            id: QueueId::generate(),
-            received_at: 1,
-            sender: "a@x.test".into(),
-            recipients: vec![
-                RecipientState::new("u@local.test".into(), true),
-                RecipientState::new("v@remote.test".into(), false),
+        let mut env = Envelope::new(
+            QueueId::generate(),
+            1,
+            ReversePath::Mailbox(mailbox("a@x.test")),
+            vec![
+                RecipientState::new(mailbox("u@local.test"), true),
+                RecipientState::new(mailbox("v@remote.test"), false),
             ],
-            size: body.len() as u64,
-            eight_bit: false,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-            client_ip: "127.0.0.1".into(),
-            helo: "c".into(),
-            auth_user: None,
-            hold: false,
-            delay_warned: false,
-            junk: false,
-        }
+            body.len() as u64,
+        );
+        env.client_ip = Some([127, 0, 0, 1].into());
+        env.helo = "c".into();
+        env
     }
 
     #[test]
@@ -360,11 +381,12 @@ mod tests {
         let (spool, _) = Spool::open(dir.path()).unwrap();
         let mut env = envelope(b"x\r\n");
         spool.commit(&env, b"x\r\n").unwrap();
-        env.recipients[0].status = RecipientStatus::Delivered {
-            at: 2,
-            detail: "maildir".into(),
-            relayed: false,
-        };
+        env.recipients[0].delivered(
+            2,
+            Delivered::Local {
+                files: vec!["/m/new/1".into()],
+            },
+        );
         env.recipients[1].attempts = 1;
         spool.update(&env).unwrap();
         let (_, rec) = Spool::open(dir.path()).unwrap();
@@ -414,8 +436,10 @@ mod tests {
             b"OTHER 1 1 1\n{}\nx",
             b"KURIER-QUEUE 1 2 0\n{}x",
             b"KURIER-QUEUE 1 99999999999999999999999 1\n",
+            b"KURIER-QUEUE 2 2 0\n{}\n",
+            b"KURIER-QUEUE 3 2 0\n{}\n",
         ] {
-            assert!(parse_queue_file(bad).is_err(), "{bad:?}");
+            assert!(decode_queue_file(bad).is_err(), "{bad:?}");
         }
     }
 }

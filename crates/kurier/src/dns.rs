@@ -13,6 +13,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
+use kurier_smtp::EnhancedCode;
 use thiserror::Error;
 
 /// Why no next hop could be found.
@@ -36,11 +37,11 @@ impl RouteError {
     }
 
     /// The RFC 3463 status for a DSN.
-    pub fn status(&self) -> &'static str {
+    pub fn status(&self) -> EnhancedCode {
         match self {
-            RouteError::NullMx(_) => "5.1.10",
-            RouteError::NoSuchDomain(..) => "5.1.2",
-            RouteError::Temporary(..) => "4.4.3",
+            RouteError::NullMx(_) => EnhancedCode(5, 1, 10),
+            RouteError::NoSuchDomain(..) => EnhancedCode(5, 1, 2),
+            RouteError::Temporary(..) => EnhancedCode(4, 4, 3),
         }
     }
 }

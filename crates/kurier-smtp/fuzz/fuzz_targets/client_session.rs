@@ -2,6 +2,7 @@
 //! exactly one outcome per recipient for each finished transaction.
 #![no_main]
 use kurier_smtp::client::*;
+use kurier_smtp::{Mailbox, ReversePath};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,15 +16,15 @@ fuzz_target!(|data: &[u8]| {
         }),
     });
     let tx = OutboundTransaction {
-        from: "a@fuzz.test".into(),
+        from: ReversePath::Mailbox(mailbox("a@fuzz.test")),
         recipients: vec![
             OutboundRecipient {
-                address: "b@fuzz.test".into(),
+                address: mailbox("b@fuzz.test"),
                 notify: None,
                 orcpt: None,
             },
             OutboundRecipient {
-                address: "c@fuzz.test".into(),
+                address: mailbox("c@fuzz.test"),
                 notify: None,
                 orcpt: None,
             },
@@ -54,3 +55,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+fn mailbox(s: &str) -> Mailbox {
+    Mailbox::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}

@@ -3,7 +3,9 @@
 
 use anyhow::bail;
 use clap::Subcommand;
-use kurier_spool::{QueueId, RecipientStatus, Spool, SpoolError};
+use kurier_spool::{
+    Attempt, AttemptResult, Failure, QueueId, RecipientState, RecipientStatus, Spool, SpoolError,
+};
 
 use crate::control::{self, QueueCommand as Q, QueueError, not_found};
 use crate::data_dir::DataDir;
@@ -87,7 +89,7 @@ fn age(secs: u64) -> String {
     }
 }
 
-fn status_line(r: &kurier_spool::RecipientState, now: u64) -> String {
+fn status_line(r: &RecipientState, now: u64) -> String {
     match &r.status {
         RecipientStatus::Pending => {
             let next = if r.next_attempt <= now {
@@ -96,15 +98,34 @@ fn status_line(r: &kurier_spool::RecipientState, now: u64) -> String {
                 format!("next attempt in {}", age(r.next_attempt - now))
             };
             let last = r
-                .last_error
+                .last_failure
                 .as_ref()
                 .map(|e| format!("; last error: {e}"))
                 .unwrap_or_default();
             format!("pending, {} attempt(s), {next}{last}", r.attempts)
         }
-        RecipientStatus::Delivered { detail, .. } => format!("delivered: {detail}"),
-        RecipientStatus::Failed { reason, .. } => format!("failed: {reason}"),
+        RecipientStatus::Delivered { delivered, .. } => delivered.to_string(),
+        RecipientStatus::Failed { failure, .. } => format!("failed: {failure}"),
     }
+}
+
+/// `deferred by mx.example.org [192.0.2.1]: 451 4.3.0 …`, or the local error.
+fn failure_line(verb: &str, f: &Failure) -> String {
+    match &f.remote {
+        Some(host) => format!("{verb} by {host}: {}", f.text),
+        None => format!("{verb}: {f}"),
+    }
+}
+
+/// One line of a recipient's history.
+fn attempt_line(a: &Attempt) -> String {
+    let what = match &a.result {
+        AttemptResult::Delivered { delivered } => delivered.to_string(),
+        AttemptResult::Deferred { failure } => failure_line("deferred", failure),
+        AttemptResult::Failed { failure } => failure_line("failed", failure),
+        AttemptResult::Recorded { text } => return text.clone(),
+    };
+    format!("{}: {what}", rfc5322(a.at))
 }
 
 /// `kurier queue list`: one block per message, oldest first.
@@ -125,15 +146,11 @@ pub fn list(data_dir: &DataDir) -> Result<String, QueueError> {
             Err(SpoolError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        let sender = if env.sender.is_empty() {
-            "<>"
-        } else {
-            &env.sender
-        };
         out.push_str(&format!(
-            "{id}  {:>4}  {:>8}  {sender}{}\n",
+            "{id}  {:>4}  {:>8}  {}{}\n",
             age(now.saturating_sub(env.received_at)),
             env.size,
+            env.sender,
             if env.hold { "  [held]" } else { "" }
         ));
         for r in &env.recipients {
@@ -150,16 +167,13 @@ pub fn show(data_dir: &DataDir, id: &QueueId) -> Result<String, QueueError> {
     let env = spool.envelope(id).map_err(|e| not_found(e, id))?;
     let now = unix_now();
     let mut out = format!(
-        "Queue id:    {id}\nArrived:     {} ({} ago)\nSender:      <{}>\nSize:        {} octets\nClient:      {} (HELO {}){}\n",
+        "Queue id:    {id}\nArrived:     {} ({} ago)\nSender:      {}\nSize:        {} octets\nClient:      {} (HELO {}){}\n",
         rfc5322(env.received_at),
         age(now.saturating_sub(env.received_at)),
         env.sender,
         env.size,
-        if env.client_ip.is_empty() {
-            "local"
-        } else {
-            &env.client_ip
-        },
+        env.client_ip
+            .map_or_else(|| "local".to_string(), |ip| ip.to_string()),
         if env.helo.is_empty() { "-" } else { &env.helo },
         env.auth_user
             .as_ref()
@@ -176,8 +190,10 @@ pub fn show(data_dir: &DataDir, id: &QueueId) -> Result<String, QueueError> {
     if env.smtputf8 {
         flags.push("SMTPUTF8".to_string());
     }
-    if let Some(ret) = &env.ret {
-        flags.push(format!("RET={ret}"));
+    match env.ret {
+        Some(kurier_smtp::Ret::Full) => flags.push("RET=FULL".to_string()),
+        Some(kurier_smtp::Ret::Hdrs) => flags.push("RET=HDRS".to_string()),
+        None => {}
     }
     if let Some(envid) = &env.envid {
         flags.push(format!("ENVID={envid}"));
@@ -197,14 +213,30 @@ pub fn show(data_dir: &DataDir, id: &QueueId) -> Result<String, QueueError> {
             status_line(r, now)
         ));
         if let Some(o) = &r.orcpt {
-            out.push_str(&format!("    ORCPT {o}\n"));
+            out.push_str(&format!("    ORCPT {};{}\n", o.addr_type, o.address));
         }
         if let Some(n) = &r.notify {
-            out.push_str(&format!("    NOTIFY {n:?}\n"));
+            out.push_str(&format!("    NOTIFY {}\n", notify_list(n)));
         }
-        for h in &r.history {
-            out.push_str(&format!("    attempt: {h}\n"));
+        for a in &r.history {
+            out.push_str(&format!("    attempt: {}\n", attempt_line(a)));
         }
     }
     Ok(out)
+}
+
+/// NOTIFY as written in RCPT (RFC 3461 §4.1).
+fn notify_list(n: &kurier_smtp::Notify) -> String {
+    if n.never {
+        return "NEVER".to_string();
+    }
+    let items: Vec<&str> = [
+        (n.success, "SUCCESS"),
+        (n.failure, "FAILURE"),
+        (n.delay, "DELAY"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    items.join(",")
 }

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use kurier_spool::{QueueId, SpoolError};
+use kurier_smtp::EnhancedCode;
+use kurier_spool::{Failure, QueueId, SpoolError};
 
 use super::Engine;
-use super::bounce::failed;
 use crate::control::QueueCommand;
-use crate::time::{rfc5322, unix_now};
+use crate::time::unix_now;
 
 impl Engine {
     /// Runs a queue command under the message's lock, so it never races a delivery.
@@ -92,15 +92,12 @@ impl Engine {
                 let (mut env, body) = self.spool.load(id).map_err(not_found)?;
                 let now = unix_now();
                 for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
-                    r.record_attempt(format!(
-                        "{}: returned to sender by the administrator",
-                        rfc5322(now)
-                    ));
-                    r.status = failed(
+                    r.failed(
                         now,
-                        "5.0.0",
-                        "x-kurier; returned to sender by the administrator".into(),
-                        None,
+                        Failure::local(
+                            EnhancedCode(5, 0, 0),
+                            "returned to sender by the administrator",
+                        ),
                     );
                 }
                 tracing::info!(queue_id = %id, "bounced by the administrator");

@@ -2,8 +2,10 @@
 //! §4.5.4.1), delay warnings, and the DSN of RFC 3461/3464 for each pass that calls for one.
 //! A bounce is never bounced.
 
-use kurier_smtp::Mailbox;
-use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, SpoolError};
+use kurier_smtp::{EnhancedCode, ReversePath};
+use kurier_spool::{
+    Delivered, Envelope, Failure, QueueId, RecipientState, RecipientStatus, SpoolError,
+};
 
 use super::Engine;
 use super::dsn::{self, DsnAction, DsnRecipient};
@@ -16,17 +18,24 @@ impl Engine {
         if now < env.received_at.saturating_add(lifetime) {
             return;
         }
+        let lifetime = humantime::format_duration(self.config.delivery.max_lifetime);
         for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
-            let last = r
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "no attempt succeeded".into());
-            let reason = format!(
-                "x-kurier; message expired after {} in the queue; last error: {last}",
-                humantime::format_duration(self.config.delivery.max_lifetime)
-            );
-            let status = r.last_status.clone().unwrap_or_else(|| "4.4.7".into());
-            r.status = failed(now, &status, reason, r.last_mta.clone());
+            // The last temporary failure says why; it keeps its server and status (RFC 3463
+            // §3.5: the expiry itself is 4.4.7 when nothing better is known).
+            let failure = match r.last_failure.take() {
+                Some(last) => Failure {
+                    text: format!(
+                        "message expired after {lifetime} in the queue; last error: {}",
+                        last.text
+                    ),
+                    ..last
+                },
+                None => Failure::local(
+                    EnhancedCode(4, 4, 7),
+                    format!("message expired after {lifetime} in the queue; no attempt succeeded"),
+                ),
+            };
+            r.failed(now, failure);
         }
     }
 
@@ -76,72 +85,53 @@ impl Engine {
                 .saturating_add(self.config.delivery.max_lifetime.as_secs()),
         );
         for r in env.recipients.iter_mut() {
-            let notify = r.notify;
-            let wants = |f: fn(&kurier_spool::NotifyFlags) -> bool, default: bool| match &notify {
-                Some(n) if n.never => false,
-                Some(n) => f(n),
-                None => default,
-            };
-            let (action, status, remote_mta, diagnostic, last_attempt) = match &r.status {
-                RecipientStatus::Failed {
-                    at,
-                    reason,
-                    status,
-                    remote_mta,
-                } if !r.notified => {
+            let (action, status, remote, diagnostic, last_attempt) = match &r.status {
+                RecipientStatus::Failed { at, failure } if !r.notified => {
                     r.notified = true;
-                    if !wants(|n| n.failure, true) {
+                    if !r.wants(|n| n.failure, true) {
                         continue;
                     }
                     (
                         DsnAction::Failed,
-                        status.clone(),
-                        remote_mta.clone(),
-                        Some(reason.clone()),
+                        failure.status,
+                        failure.remote.as_ref().map(|h| h.name.clone()),
+                        Some((failure.kind, failure.text.clone())),
                         Some(*at),
                     )
                 }
-                RecipientStatus::Delivered {
-                    at,
-                    detail,
-                    relayed,
-                } if !r.notified => {
+                RecipientStatus::Delivered { at, delivered } if !r.notified => {
                     r.notified = true;
-                    // A DSN-capable next hop reports success itself (RFC 3461 §5.2.2).
-                    if !wants(|n| n.success, false) || (!r.local && !relayed) {
+                    let (action, remote) = match delivered {
+                        Delivered::Local { .. } => (DsnAction::Delivered, None),
+                        // A DSN-capable next hop reports success itself (RFC 3461 §5.2.2).
+                        Delivered::Remote { relayed: false, .. } => continue,
+                        Delivered::Remote { host, .. } => {
+                            (DsnAction::Relayed, Some(host.name.clone()))
+                        }
+                    };
+                    if !r.wants(|n| n.success, false) {
                         continue;
                     }
-                    let action = if *relayed {
-                        DsnAction::Relayed
-                    } else {
-                        DsnAction::Delivered
-                    };
-                    let mta = if r.local {
-                        None
-                    } else {
-                        detail.split(": ").next().map(str::to_string)
-                    };
-                    (action, "2.0.0".to_string(), mta, None, Some(*at))
+                    (action, EnhancedCode(2, 0, 0), remote, None, Some(*at))
                 }
-                RecipientStatus::Pending if warn_delay && wants(|n| n.delay, true) => (
-                    DsnAction::Delayed,
-                    r.last_status.clone().unwrap_or_else(|| "4.0.0".into()),
-                    r.last_mta.clone(),
-                    r.last_error.clone(),
-                    None,
-                ),
+                RecipientStatus::Pending if warn_delay && r.wants(|n| n.delay, true) => {
+                    let last = r.last_failure.as_ref();
+                    (
+                        DsnAction::Delayed,
+                        last.map_or(EnhancedCode(4, 0, 0), |f| f.status),
+                        last.and_then(|f| f.remote.as_ref()).map(|h| h.name.clone()),
+                        last.map(|f| (f.kind, f.text.clone())),
+                        None,
+                    )
+                }
                 _ => continue,
             };
-            let diagnostic = diagnostic.map(|d| match d.split_once("; ") {
-                Some((k, t)) => (k.to_string(), t.to_string()),
-                None => ("x-kurier".to_string(), d),
-            });
             blocks.push(DsnRecipient {
                 final_recipient: r.address.clone(),
                 original_recipient: r.orcpt.clone(),
                 action,
                 status,
-                remote_mta: remote_mta.map(|m| m.split(' ').next().unwrap_or_default().to_string()),
+                remote_mta: remote,
                 diagnostic,
                 last_attempt: last_attempt.map(rfc5322),
                 will_retry_until: (action == DsnAction::Delayed).then(|| retry_until.clone()),
@@ -153,12 +143,8 @@ impl Engine {
         if blocks.is_empty() {
             return;
         }
-        if env.sender.is_empty() {
+        let ReversePath::Mailbox(to) = &env.sender else {
             tracing::warn!(queue_id = %env.id, "not reporting on a message from the null sender (a bounce is never bounced)");
-            return;
-        }
-        let Ok(to) = Mailbox::parse(&env.sender) else {
-            tracing::warn!(queue_id = %env.id, sender = %env.sender, "cannot report to an unparsable sender");
             return;
         };
         let id = QueueId::generate();
@@ -166,36 +152,28 @@ impl Engine {
         let date = rfc5322(now);
         let report = dsn::build(&dsn::DsnInput {
             reporting_mta: &self.config.hostname,
-            to: &env.sender,
+            to,
             envid: env.envid.as_deref(),
             arrival_date: &rfc5322(env.received_at),
             date: &date,
             message_id: &message_id,
             recipients: &blocks,
             original: body,
-            headers_only: env.ret.as_deref() == Some("HDRS"),
+            headers_only: env.ret == Some(kurier_smtp::Ret::Hdrs),
             utf8: env.smtputf8,
         });
         let signature = self.signers.sign(&self.config.hostname, &report);
         let report = [signature.as_bytes(), &report].concat();
         let local = self.directory.is_local_domain(to.domain());
-        let dsn_env = Envelope {
-            id: id.clone(),
-            received_at: now,
-            sender: String::new(),
-            recipients: vec![RecipientState::new(env.sender.clone(), local)],
-            size: report.len() as u64,
-            eight_bit: !report.is_ascii(),
-            smtputf8: env.smtputf8,
-            ret: None,
-            envid: None,
-            client_ip: String::new(),
-            helo: String::new(),
-            auth_user: None,
-            hold: false,
-            delay_warned: false,
-            junk: false,
-        };
+        let mut dsn_env = Envelope::new(
+            id.clone(),
+            now,
+            ReversePath::Null,
+            vec![RecipientState::new(to.clone(), local)],
+            report.len() as u64,
+        );
+        dsn_env.eight_bit = !report.is_ascii();
+        dsn_env.smtputf8 = env.smtputf8;
         match self.spool.commit(&dsn_env, &report) {
             Ok(()) => {
                 let kinds: Vec<&str> = blocks
@@ -207,27 +185,12 @@ impl Engine {
                         DsnAction::Relayed => "relayed",
                     })
                     .collect();
-                tracing::info!(queue_id = %env.id, dsn_id = %id, to = %env.sender, actions = %kinds.join(","), "delivery status notification queued");
+                tracing::info!(queue_id = %env.id, dsn_id = %id, to = %to, actions = %kinds.join(","), "delivery status notification queued");
                 self.schedule(id, now);
             }
             Err(e) => {
                 tracing::error!(queue_id = %env.id, error = %e, "cannot queue the delivery status notification")
             }
         }
-    }
-}
-
-/// A permanent failure, now.
-pub(super) fn failed(
-    at: u64,
-    status: &str,
-    reason: String,
-    remote_mta: Option<String>,
-) -> RecipientStatus {
-    RecipientStatus::Failed {
-        at,
-        reason,
-        status: status.to_string(),
-        remote_mta,
     }
 }

@@ -9,6 +9,10 @@
 
 use std::fmt::Write as _;
 
+use kurier_smtp::command::encode_xtext;
+use kurier_smtp::{EnhancedCode, Mailbox, OriginalRecipient};
+use kurier_spool::DiagnosticType;
+
 /// The kind of report for one recipient (RFC 3464 §2.3.3 Action).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsnAction {
@@ -37,17 +41,17 @@ impl DsnAction {
 #[derive(Debug, Clone)]
 pub struct DsnRecipient {
     /// The address the message was for.
-    pub final_recipient: String,
-    /// ORCPT as `addr-type;address`, when the client gave one.
-    pub original_recipient: Option<String>,
+    pub final_recipient: Mailbox,
+    /// ORCPT, when the client gave one.
+    pub original_recipient: Option<OriginalRecipient>,
     /// What happened.
     pub action: DsnAction,
     /// RFC 3463 status, e.g. `5.1.1`.
-    pub status: String,
-    /// The remote server involved, e.g. `mx.example.org`.
+    pub status: EnhancedCode,
+    /// The remote server's name, e.g. `mx.example.org`.
     pub remote_mta: Option<String>,
     /// The remote reply or local error, e.g. `550 5.1.1 no such user`, with its type.
-    pub diagnostic: Option<(String, String)>,
+    pub diagnostic: Option<(DiagnosticType, String)>,
     /// RFC 5322 date of the last attempt.
     pub last_attempt: Option<String>,
     /// RFC 5322 date until which delivery will be retried (delayed only).
@@ -60,8 +64,8 @@ pub struct DsnInput<'a> {
     /// Our host name (Reporting-MTA).
     pub reporting_mta: &'a str,
     /// The original sender (the report's recipient).
-    pub to: &'a str,
-    /// RFC 3461 ENVID of the original message.
+    pub to: &'a Mailbox,
+    /// RFC 3461 ENVID of the original message, decoded.
     pub envid: Option<&'a str>,
     /// RFC 5322 date the original arrived.
     pub arrival_date: &'a str,
@@ -167,17 +171,24 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
         "\r\n--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: {status_type}\r\n\r\n"
     );
     let _ = write!(m, "Reporting-MTA: dns; {}\r\n", input.reporting_mta);
+    // RFC 3464 §2.2.1: the envelope id as xtext, never raw (a decoded CR LF would start
+    // a header line of its own).
     if let Some(envid) = input.envid {
-        let _ = write!(m, "Original-Envelope-Id: {envid}\r\n");
+        let _ = write!(m, "Original-Envelope-Id: {}\r\n", encode_xtext(envid));
     }
     let _ = write!(m, "Arrival-Date: {}\r\n", input.arrival_date);
     for r in input.recipients {
         m.push_str("\r\n");
         let kind = if input.utf8 { "utf-8" } else { "rfc822" };
         let _ = write!(m, "Final-Recipient: {kind}; {}\r\n", r.final_recipient);
+        // RFC 3464 §2.3.1: the ORCPT address as xtext.
         if let Some(orcpt) = &r.original_recipient {
-            let (t, a) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
-            let _ = write!(m, "Original-Recipient: {t}; {a}\r\n");
+            let _ = write!(
+                m,
+                "Original-Recipient: {}; {}\r\n",
+                atom(&orcpt.addr_type),
+                encode_xtext(&orcpt.address)
+            );
         }
         let _ = write!(
             m,
@@ -189,7 +200,12 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
             let _ = write!(m, "Remote-MTA: dns; {mta}\r\n");
         }
         if let Some((kind, text)) = &r.diagnostic {
-            let _ = write!(m, "Diagnostic-Code: {kind}; {}\r\n", one_line(text));
+            let _ = write!(
+                m,
+                "Diagnostic-Code: {}; {}\r\n",
+                kind.as_str(),
+                one_line(text)
+            );
         }
         if let Some(d) = &r.last_attempt {
             let _ = write!(m, "Last-Attempt-Date: {d}\r\n");
@@ -226,6 +242,15 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
+}
+
+/// An address type as written: an atom, or `unknown` if it is not one (RFC 3464 §2.1.2).
+fn atom(s: &str) -> &str {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        s
+    } else {
+        "unknown"
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -268,12 +293,16 @@ fn human_text(input: &DsnInput<'_>, worst: DsnAction) -> String {
 mod tests {
     use super::*;
 
+    static SENDER: std::sync::LazyLock<Mailbox> = std::sync::LazyLock::new(|| {
+        Mailbox::parse("sender@src.test").unwrap_or_else(|e| panic!("{e}"))
+    });
+
     const ORIGINAL: &[u8] = b"Message-ID: <orig@src.test>\r\nSubject: hello\r\n\r\nbody line\r\n";
 
     fn input<'a>(recipients: &'a [DsnRecipient], headers_only: bool) -> DsnInput<'a> {
         DsnInput {
             reporting_mta: "mx.kurier.test",
-            to: "sender@src.test",
+            to: &SENDER,
             envid: Some("ENV1"),
             arrival_date: "Mon, 23 Nov 2026 09:00:00 +0000",
             date: "Mon, 23 Nov 2026 10:00:00 +0000",
@@ -287,12 +316,15 @@ mod tests {
 
     fn failed() -> DsnRecipient {
         DsnRecipient {
-            final_recipient: "x@dst.test".into(),
-            original_recipient: Some("rfc822;X@dst.test".into()),
+            final_recipient: Mailbox::parse("x@dst.test").unwrap_or_else(|e| panic!("{e}")),
+            original_recipient: Some(OriginalRecipient {
+                addr_type: "rfc822".into(),
+                address: "X@dst.test".into(),
+            }),
             action: DsnAction::Failed,
-            status: "5.1.1".into(),
+            status: EnhancedCode(5, 1, 1),
             remote_mta: Some("mx.dst.test".into()),
-            diagnostic: Some(("smtp".into(), "550 5.1.1 no such user".into())),
+            diagnostic: Some((DiagnosticType::Smtp, "550 5.1.1 no such user".into())),
             last_attempt: Some("Mon, 23 Nov 2026 09:59:00 +0000".into()),
             will_retry_until: None,
         }
@@ -326,7 +358,7 @@ mod tests {
         assert!(!text.contains("body line"));
         let mut d = failed();
         d.action = DsnAction::Delayed;
-        d.status = "4.4.1".into();
+        d.status = EnhancedCode(4, 4, 1);
         d.will_retry_until = Some("Sat, 28 Nov 2026 09:00:00 +0000".into());
         let r = [d];
         let text = String::from_utf8(build(&input(&r, false))).unwrap_or_default();
@@ -337,6 +369,39 @@ mod tests {
             !text.contains("body line"),
             "delay reports carry headers only"
         );
+    }
+
+    #[test]
+    fn envid_and_orcpt_are_written_as_xtext_never_raw() {
+        let mut r = failed();
+        r.original_recipient = Some(OriginalRecipient {
+            addr_type: "rfc822\r\nX-Evil: 1".into(),
+            address: "x@dst.test\r\n.\r\nMAIL FROM:<a@b>\n".into(),
+        });
+        let recipients = [r];
+        let mut i = input(&recipients, false);
+        i.envid = Some("e1\r\nX-Injected: yes\r\n--boundary");
+        let out = build(&i);
+        let text = String::from_utf8(out.clone()).unwrap_or_default();
+        assert!(
+            text.contains("Original-Envelope-Id: e1+0D+0AX-Injected:+20yes+0D+0A--boundary\r\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "Original-Recipient: unknown; x@dst.test+0D+0A.+0D+0AMAIL+20FROM:<a@b>+0A\r\n"
+        ));
+        assert!(!text.contains("X-Injected: yes"));
+        assert_eq!(bare_cr_or_lf(&out), 0, "{text}");
+    }
+
+    /// CR not followed by LF, or LF not preceded by CR.
+    fn bare_cr_or_lf(b: &[u8]) -> usize {
+        (0..b.len())
+            .filter(|&i| {
+                (b[i] == b'\r' && b.get(i + 1) != Some(&b'\n'))
+                    || (b[i] == b'\n' && (i == 0 || b[i - 1] != b'\r'))
+            })
+            .count()
     }
 
     #[test]

@@ -4,24 +4,18 @@
 
 use std::collections::HashSet;
 
-use kurier_smtp::Mailbox;
-use kurier_spool::{Envelope, RecipientStatus};
+use kurier_smtp::EnhancedCode;
+use kurier_spool::{Delivered, Envelope, Failure};
 
-use super::bounce::failed;
 use super::scheduler::next_attempt;
 use super::{Engine, maildir};
 use crate::directory::Resolution;
-use crate::time::rfc5322;
 
 impl Engine {
     /// Local recipients into their Maildir (blocking I/O). Also used before the 250 for
     /// all-local messages, which then never touch the spool.
     pub fn deliver_local(&self, env: &mut Envelope, body: &[u8], now: u64) {
-        let sender = if env.sender.is_empty() {
-            "<>".to_string()
-        } else {
-            format!("<{}>", env.sender)
-        };
+        let sender = env.sender.to_string();
         let id = env.id.clone();
         // Several recipient addresses can lead to one mailbox (aliases): one copy each.
         let mut delivered_to: HashSet<String> = HashSet::new();
@@ -32,13 +26,7 @@ impl Engine {
             .filter(|r| r.is_pending() && r.local && r.next_attempt <= now)
         {
             r.attempts += 1;
-            let mailbox = match Mailbox::parse(&r.address) {
-                Ok(m) => m,
-                Err(e) => {
-                    r.status = failed(now, "5.1.3", format!("x-kurier; bad address: {e}"), None);
-                    continue;
-                }
-            };
+            let mailbox = r.address.clone();
             let quarantines = self
                 .config
                 .authentication
@@ -50,7 +38,6 @@ impl Engine {
                     let mut error = None;
                     for t in &targets {
                         if !delivered_to.insert(crate::directory::address_key(t)) {
-                            paths.push(format!("(same message already delivered to {t})"));
                             continue;
                         }
                         // RFC 5321 §4.4: the final delivery adds Return-Path.
@@ -74,34 +61,25 @@ impl Engine {
                         }
                     }
                     match error {
-                        None => {
-                            r.record_attempt(format!(
-                                "{}: delivered to {}",
-                                rfc5322(now),
-                                paths.join(" ")
-                            ));
-                            r.status = RecipientStatus::Delivered {
-                                at: now,
-                                detail: paths.join(" "),
-                                relayed: false,
-                            }
-                        }
+                        None => r.delivered(now, Delivered::Local { files: paths }),
                         Some(e) => {
-                            r.next_attempt = next_attempt(now, r.attempts, schedule);
                             tracing::warn!(queue_id = %id, rcpt = %r.address, error = %e, attempts = r.attempts, "local delivery deferred");
-                            r.record_attempt(format!(
-                                "{}: local delivery failed: {e}",
-                                rfc5322(now)
-                            ));
-                            r.last_error = Some(format!("x-kurier; local delivery failed: {e}"));
-                            r.last_status = Some("4.3.0".into());
+                            let next = next_attempt(now, r.attempts, schedule);
+                            r.deferred(
+                                now,
+                                Failure::local(
+                                    EnhancedCode(4, 3, 0),
+                                    format!("local delivery failed: {e}"),
+                                ),
+                                next,
+                            );
                         }
                     }
                 }
                 Resolution::Unknown => {
-                    let reason = format!("x-kurier; <{}>: mailbox no longer exists", r.address);
                     tracing::warn!(queue_id = %id, rcpt = %r.address, "local mailbox no longer exists");
-                    r.status = failed(now, "5.1.1", reason, None);
+                    let text = format!("<{}>: mailbox no longer exists", r.address);
+                    r.failed(now, Failure::local(EnhancedCode(5, 1, 1), text));
                 }
                 Resolution::Remote => {
                     // The domain stopped being local after the message was accepted.

@@ -16,12 +16,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kurier_smtp::Reply;
 use kurier_smtp::client::{
     ClientAction, ClientConfig, ClientSession, Credentials, OutboundTransaction, RcptOutcome,
     SessionError, Stage, TlsPolicy, TransactionResult,
 };
 use kurier_smtp::data::dot_stuff;
+use kurier_smtp::{EnhancedCode, Reply};
+use kurier_spool::{DiagnosticType, Failure, RemoteHost};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -40,8 +41,8 @@ const IDLE_REUSE: Duration = Duration::from_secs(10);
 pub enum RemoteOutcome {
     /// The next hop accepted the message for this recipient.
     Delivered {
-        /// The server, as `host [ip]`.
-        mta: String,
+        /// The server.
+        host: RemoteHost,
         /// Its final reply.
         reply: String,
         /// It offered DSN (if not, the message is "relayed": no more reports will come).
@@ -51,12 +52,8 @@ pub enum RemoteOutcome {
     Failed {
         /// True for permanent failures (bounce now), false for temporary ones (retry).
         permanent: bool,
-        /// RFC 3463 status, e.g. `5.1.1`.
-        status: String,
-        /// Diagnostic type (`smtp` for a server reply) and text.
-        diagnostic: (String, String),
-        /// The server involved, if any.
-        mta: Option<String>,
+        /// Why.
+        failure: Failure,
     },
 }
 
@@ -64,59 +61,59 @@ impl RemoteOutcome {
     fn from_route_error(e: &RouteError) -> RemoteOutcome {
         RemoteOutcome::Failed {
             permanent: e.is_permanent(),
-            status: e.status().to_string(),
-            diagnostic: ("x-kurier".into(), e.to_string()),
-            mta: None,
+            failure: Failure::local(e.status(), e.to_string()),
         }
     }
 
-    fn from_reply(reply: &Reply, mta: &str) -> RemoteOutcome {
+    fn from_reply(reply: &Reply, host: &RemoteHost) -> RemoteOutcome {
         let status = reply
             .enhanced
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| format!("{}.0.0", reply.code / 100));
+            .unwrap_or(EnhancedCode((reply.code / 100) as u8, 0, 0));
         RemoteOutcome::Failed {
             permanent: reply.is_permanent(),
-            status,
-            diagnostic: ("smtp".into(), reply.to_string()),
-            mta: Some(mta.to_string()),
+            failure: Failure {
+                status,
+                kind: DiagnosticType::Smtp,
+                text: reply.to_string(),
+                remote: Some(host.clone()),
+            },
         }
     }
 
-    fn from_session_error(e: &SessionError, mta: &str) -> RemoteOutcome {
-        match &e.reply {
-            Some(reply) if e.is_permanent() => RemoteOutcome::from_reply(reply, mta),
-            Some(reply) => RemoteOutcome::Failed {
-                permanent: false,
+    fn from_session_error(e: &SessionError, host: &RemoteHost) -> RemoteOutcome {
+        let failure = match &e.reply {
+            Some(reply) if e.is_permanent() => return RemoteOutcome::from_reply(reply, host),
+            Some(reply) => Failure {
                 status: reply
                     .enhanced
-                    .map(|x| x.to_string())
-                    .unwrap_or_else(|| "4.0.0".into()),
-                diagnostic: (
-                    "smtp".into(),
-                    format!("{reply} (in reply to {})", e.stage.command()),
-                ),
-                mta: Some(mta.to_string()),
+                    .filter(|c| !c.is_permanent())
+                    .unwrap_or(EnhancedCode(4, 0, 0)),
+                kind: DiagnosticType::Smtp,
+                text: format!("{reply} (in reply to {})", e.stage.command()),
+                remote: Some(host.clone()),
             },
-            None => RemoteOutcome::Failed {
-                permanent: false,
-                status: if e.stage == Stage::StartTls {
-                    "4.7.0".into()
-                } else {
-                    "4.4.2".into()
-                },
-                diagnostic: ("x-kurier".into(), e.message.clone()),
-                mta: Some(mta.to_string()),
+            None => Failure {
+                remote: Some(host.clone()),
+                ..Failure::local(
+                    if e.stage == Stage::StartTls {
+                        EnhancedCode(4, 7, 0)
+                    } else {
+                        EnhancedCode(4, 4, 2)
+                    },
+                    e.message.clone(),
+                )
             },
+        };
+        RemoteOutcome::Failed {
+            permanent: false,
+            failure,
         }
     }
 
-    fn temporary(status: &str, message: String, mta: Option<String>) -> RemoteOutcome {
+    fn temporary(status: EnhancedCode, message: String) -> RemoteOutcome {
         RemoteOutcome::Failed {
             permanent: false,
-            status: status.into(),
-            diagnostic: ("x-kurier".into(), message),
-            mta,
+            failure: Failure::local(status, message),
         }
     }
 }
@@ -246,26 +243,30 @@ impl Outbound {
         };
         let _permit = permit;
         let mut last = RemoteOutcome::temporary(
-            "4.4.1",
+            EnhancedCode(4, 4, 1),
             format!("no mail host for {domain} could be reached"),
-            None,
         );
         for host in hosts {
             let ips = match self.resolver.addresses(&host).await {
                 Ok(ips) if !ips.is_empty() => ips,
                 Ok(_) => {
-                    last =
-                        RemoteOutcome::temporary("4.4.3", format!("{host} has no address"), None);
+                    last = RemoteOutcome::temporary(
+                        EnhancedCode(4, 4, 3),
+                        format!("{host} has no address"),
+                    );
                     continue;
                 }
                 Err(e) => {
-                    last = RemoteOutcome::temporary(e.status(), e.to_string(), None);
+                    last = RemoteOutcome::temporary(e.status(), e.to_string());
                     continue;
                 }
             };
             for ip in ips {
                 let addr = SocketAddr::new(ip, route.port);
-                let mta = format!("{host} [{ip}]");
+                let mta = RemoteHost {
+                    name: host.clone(),
+                    ip: Some(ip),
+                };
                 let key = PoolKey {
                     addr,
                     route: route_index,
@@ -472,13 +473,13 @@ impl Outbound {
 }
 
 /// Outcomes per recipient from a transaction result.
-fn outcomes(result: TransactionResult, mta: &str, dsn: bool) -> Vec<RemoteOutcome> {
+fn outcomes(result: TransactionResult, mta: &RemoteHost, dsn: bool) -> Vec<RemoteOutcome> {
     result
         .rcpts
         .into_iter()
         .map(|o| match o {
             RcptOutcome::Accepted(reply) => RemoteOutcome::Delivered {
-                mta: mta.to_string(),
+                host: mta.clone(),
                 reply: reply.to_string(),
                 dsn,
             },

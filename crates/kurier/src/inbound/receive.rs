@@ -4,8 +4,8 @@
 
 use kurier_smtp::session::Message;
 use kurier_smtp::trace::Received;
-use kurier_smtp::{Body, ForwardPath, Mailbox, Reply, Ret, Role, codes};
-use kurier_spool::{Envelope, NotifyFlags, QueueId, RecipientState, RecipientStatus, SpoolError};
+use kurier_smtp::{Body, ForwardPath, Mailbox, Reply, Role, codes};
+use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, SpoolError};
 
 use super::Inbound;
 use crate::policy::sender_auth::strip_forged;
@@ -72,18 +72,9 @@ fn recipients(inbound: &Inbound, message: &Message) -> Vec<RecipientState> {
                 }
             };
             let local = directory.is_local_domain(m.domain());
-            let mut state = RecipientState::new(m.to_string(), local);
-            state.orcpt = r
-                .params
-                .orcpt
-                .as_ref()
-                .map(|o| format!("{};{}", o.addr_type, o.address));
-            state.notify = r.params.notify.map(|n| NotifyFlags {
-                never: n.never,
-                success: n.success,
-                failure: n.failure,
-                delay: n.delay,
-            });
+            let mut state = RecipientState::new(m, local);
+            state.orcpt = r.params.orcpt.clone();
+            state.notify = r.params.notify;
             Some(state)
         })
         .collect()
@@ -104,7 +95,7 @@ async fn headers(
     message: &Message,
 ) -> Result<Prepared, Reply> {
     let config = &inbound.config;
-    let single_rcpt = (recipients.len() == 1).then(|| recipients[0].address.as_str());
+    let single_rcpt = (recipients.len() == 1).then(|| recipients[0].address.to_string());
     let mut prefix = Received {
         helo: &message.helo,
         peer_ip: client.ip,
@@ -113,7 +104,7 @@ async fn headers(
         protocol: message.protocol,
         tls: message.tls.as_ref(),
         id: id.as_str(),
-        for_rcpt: single_rcpt,
+        for_rcpt: single_rcpt.as_deref(),
         date: &rfc5322(now),
     }
     .to_header();
@@ -123,7 +114,7 @@ async fn headers(
         let domains: Vec<&str> = recipients
             .iter()
             .filter(|r| r.local)
-            .filter_map(|r| r.address.rsplit_once('@').map(|(_, d)| d))
+            .map(|r| r.address.domain().as_str())
             .collect();
         let checked = inbound
             .policy
@@ -161,28 +152,15 @@ fn envelope(
     junk: bool,
 ) -> Envelope {
     Envelope {
-        id,
-        received_at: now,
-        sender: message
-            .from
-            .mailbox()
-            .map(|m| m.to_string())
-            .unwrap_or_default(),
-        recipients,
-        size: body.len() as u64,
         eight_bit: message.params.body == Some(Body::EightBitMime),
         smtputf8: message.params.smtputf8,
-        ret: message.params.ret.map(|r| match r {
-            Ret::Full => "FULL".to_string(),
-            Ret::Hdrs => "HDRS".to_string(),
-        }),
+        ret: message.params.ret,
         envid: message.params.envid.clone(),
-        client_ip: client.ip.to_string(),
+        client_ip: Some(client.ip),
         helo: message.helo.clone(),
         auth_user: message.auth_user.clone(),
-        hold: false,
-        delay_warned: false,
         junk,
+        ..Envelope::new(id, now, message.from.clone(), recipients, body.len() as u64)
     }
 }
 
@@ -252,10 +230,10 @@ fn local_error() -> Reply {
 
 /// The one log line per accepted message.
 fn log_accepted(message: &Message, envelope: &Envelope, client: &Client<'_>, outcome: &str) {
-    let rcpts: Vec<&str> = envelope
+    let rcpts: Vec<String> = envelope
         .recipients
         .iter()
-        .map(|r| r.address.as_str())
+        .map(|r| r.address.to_string())
         .collect();
     tracing::info!(
         queue_id = %envelope.id,
