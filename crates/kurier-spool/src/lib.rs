@@ -37,6 +37,7 @@
 
 pub mod durable;
 mod envelope;
+mod memory;
 mod store;
 mod v1;
 
@@ -44,4 +45,5 @@ pub use envelope::{
     Attempt, AttemptResult, Delivered, DiagnosticType, Envelope, Failure, MAX_HISTORY, QueueId,
     RecipientState, RecipientStatus, RemoteHost,
 };
-pub use store::{Recovery, Spool, SpoolError, decode_queue_file};
+pub use memory::MemoryStore;
+pub use store::{Recovery, Spool, SpoolError, Store, decode_queue_file};

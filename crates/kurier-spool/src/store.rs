@@ -61,6 +61,44 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     }
 }
 
+/// What the code that delivers mail needs of a queue. [`Spool`] is the one on disk;
+/// [`crate::MemoryStore`] holds messages in memory for tests of that code.
+pub trait Store: Send + Sync {
+    /// Makes a new message durable (it must not exist yet).
+    fn commit(&self, envelope: &Envelope, body: &[u8]) -> Result<(), SpoolError>;
+    /// Records delivery progress.
+    fn update(&self, envelope: &Envelope) -> Result<(), SpoolError>;
+    /// The current envelope and the bytes.
+    fn load(&self, id: &QueueId) -> Result<(Envelope, Vec<u8>), SpoolError>;
+    /// The current envelope only.
+    fn envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError>;
+    /// Removes a finished message.
+    fn remove(&self, id: &QueueId) -> Result<(), SpoolError>;
+    /// Ids of all queued messages, oldest first.
+    fn ids(&self) -> Result<Vec<QueueId>, SpoolError>;
+}
+
+impl Store for Spool {
+    fn commit(&self, envelope: &Envelope, body: &[u8]) -> Result<(), SpoolError> {
+        Spool::commit(self, envelope, body)
+    }
+    fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
+        Spool::update(self, envelope)
+    }
+    fn load(&self, id: &QueueId) -> Result<(Envelope, Vec<u8>), SpoolError> {
+        Spool::load(self, id)
+    }
+    fn envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
+        Spool::envelope(self, id)
+    }
+    fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        Spool::remove(self, id)
+    }
+    fn ids(&self) -> Result<Vec<QueueId>, SpoolError> {
+        Spool::ids(self)
+    }
+}
+
 /// What startup recovery found.
 #[derive(Debug, Default)]
 pub struct Recovery {

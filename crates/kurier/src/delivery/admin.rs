@@ -8,7 +8,6 @@ use kurier_spool::{Failure, QueueId, SpoolError};
 
 use super::Engine;
 use crate::control::QueueCommand;
-use crate::time::unix_now;
 
 impl Engine {
     /// Runs a queue command under the message's lock, so it never races a delivery.
@@ -67,7 +66,7 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         if let Ok((_, true)) = &result {
-            self.schedule(id.clone(), unix_now());
+            self.schedule(id.clone(), self.clock.now());
         }
         result.map(|(m, _)| m)
     }
@@ -90,7 +89,7 @@ impl Engine {
             }
             QueueCommand::Bounce(_) => {
                 let (mut env, body) = self.spool.load(id).map_err(not_found)?;
-                let now = unix_now();
+                let now = self.clock.now();
                 for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
                     r.failed(
                         now,

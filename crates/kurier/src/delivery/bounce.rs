@@ -9,7 +9,7 @@ use kurier_spool::{
 
 use super::Engine;
 use super::dsn::{self, DsnAction, DsnRecipient};
-use crate::time::{rfc5322, unix_now};
+use crate::time::rfc5322;
 
 impl Engine {
     /// Recipients still pending after the maximum lifetime fail (RFC 5321 §4.5.4.1).
@@ -72,7 +72,7 @@ impl Engine {
     /// Sends the DSN this pass calls for, if any (RFC 3461 §5: failures, delays, and successes
     /// when asked). Never for the null sender: a bounce is never bounced.
     pub(super) fn report(&self, env: &mut Envelope, body: &[u8]) {
-        let now = unix_now();
+        let now = self.clock.now();
         let mut blocks = Vec::new();
         let warn_delay = !env.delay_warned
             && now

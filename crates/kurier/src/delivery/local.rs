@@ -49,7 +49,7 @@ impl Engine {
                         } else {
                             self.directory.maildir(t)
                         };
-                        match maildir::deliver(&folder, &self.config.hostname, &headers, body) {
+                        match self.local.write(&folder, &headers, body) {
                             Ok(p) => {
                                 tracing::info!(queue_id = %id, rcpt = %r.address, mailbox = %t, path = %p.display(), "delivered");
                                 paths.push(p.display().to_string());

@@ -31,6 +31,26 @@ static CREATED: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::defau
 /// Cleared once O_TMPFILE turns out to be unsupported, to stop trying it.
 static TMPFILE_WORKS: AtomicBool = AtomicBool::new(true);
 
+/// Where local copies go: the Maildirs on disk ([`Maildirs`]), or a stand-in that tests use
+/// to see what was written or to make a write fail.
+pub trait LocalDelivery: Send + Sync {
+    /// Writes one copy with `headers` in front into the Maildir `folder` (created if
+    /// missing), durably; returns the file's path.
+    fn write(&self, folder: &Path, headers: &str, message: &[u8]) -> io::Result<PathBuf>;
+}
+
+/// The Maildirs on disk, with file names unique to this host.
+pub struct Maildirs {
+    /// Our host name, part of every file name.
+    pub hostname: String,
+}
+
+impl LocalDelivery for Maildirs {
+    fn write(&self, folder: &Path, headers: &str, message: &[u8]) -> io::Result<PathBuf> {
+        deliver(folder, &self.hostname, headers, message)
+    }
+}
+
 /// The Maildir++ Junk folder of a mailbox (`<maildir>/.Junk`), created with its
 /// `maildirfolder` marker, as IMAP servers such as Dovecot expect.
 pub fn junk_folder(maildir: &Path) -> PathBuf {

@@ -23,14 +23,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kurier_spool::{Envelope, QueueId, Spool, SpoolError};
+use kurier_spool::{Envelope, QueueId, SpoolError, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::directory::Directory;
-use crate::time::unix_now;
+use crate::time::Clock;
 
 pub mod admin;
 pub mod bounce;
@@ -40,6 +40,8 @@ pub mod maildir;
 pub mod remote;
 pub mod scheduler;
 pub mod smtp;
+#[cfg(test)]
+mod tests;
 
 use smtp::Outbound;
 
@@ -73,7 +75,8 @@ impl DeliveryHandle {
             body: Some(body),
         };
         if let Err(mpsc::error::TrySendError::Full(job)) = tx.try_send(job) {
-            self.engine.schedule(job.envelope.id, unix_now());
+            self.engine
+                .schedule(job.envelope.id, self.engine.clock.now());
         }
     }
 
@@ -83,7 +86,7 @@ impl DeliveryHandle {
     /// and spools the message otherwise.
     pub async fn deliver_now(&self, envelope: Envelope, body: Arc<Vec<u8>>) -> Option<Envelope> {
         let engine = self.engine.clone();
-        let now = unix_now();
+        let now = engine.clock.now();
         tokio::task::spawn_blocking(move || {
             let mut env = envelope;
             engine.deliver_local(&mut env, &body, now);
@@ -107,7 +110,11 @@ impl DeliveryHandle {
 /// What the delivery engine needs.
 pub struct Setup {
     /// The queue.
-    pub spool: Spool,
+    pub spool: Arc<dyn Store>,
+    /// Where local copies are written.
+    pub local: Arc<dyn maildir::LocalDelivery>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
     /// Users and mailboxes.
     pub directory: Arc<Directory>,
     /// The configuration (host name, schedule, limits).
@@ -122,7 +129,9 @@ pub struct Setup {
 
 /// The engine's shared state.
 pub struct Engine {
-    spool: Spool,
+    spool: Arc<dyn Store>,
+    local: Arc<dyn maildir::LocalDelivery>,
+    clock: Arc<dyn Clock>,
     directory: Arc<Directory>,
     config: Arc<Config>,
     outbound: Arc<Outbound>,
@@ -135,26 +144,10 @@ pub struct Engine {
 /// Starts the workers and the retry timer, and queues what recovery found. With
 /// `delivery.enabled = false` nothing is delivered (messages stay queued).
 pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> DeliveryHandle {
-    let Setup {
-        spool,
-        directory,
-        config,
-        outbound,
-        signers,
-        recovered,
-    } = setup;
-    let enabled = config.delivery.enabled;
-    let workers = config.delivery.workers;
-    let engine = Arc::new(Engine {
-        spool,
-        directory,
-        config,
-        outbound,
-        signers,
-        retries: Mutex::new(BTreeMap::new()),
-        locks: Mutex::new(HashMap::new()),
-        enabled,
-    });
+    let (engine, recovered) = Engine::new(setup);
+    let engine = Arc::new(engine);
+    let enabled = engine.enabled;
+    let workers = engine.config.delivery.workers;
     if !enabled {
         tracing::warn!(
             queued = recovered.len(),
@@ -178,7 +171,7 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
         });
     }
     // Recovered messages: due ones now, the others at their time.
-    let now = unix_now();
+    let now = engine.clock.now();
     for env in recovered {
         if env.hold {
             continue;
@@ -202,7 +195,7 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
                 _ = stop.cancelled() => break,
             }
             timer_engine.outbound.sweep();
-            for id in timer_engine.due(unix_now()) {
+            for id in timer_engine.due(timer_engine.clock.now()) {
                 let e = timer_engine.clone();
                 let loaded = tokio::task::spawn_blocking(move || e.spool.envelope(&id)).await;
                 if let Ok(Ok(envelope)) = loaded
@@ -226,12 +219,42 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
 }
 
 impl Engine {
+    /// The engine without its workers (what [`start`] runs; tests drive it directly), and the
+    /// recovered messages to schedule.
+    pub fn new(setup: Setup) -> (Engine, Vec<Envelope>) {
+        let Setup {
+            spool,
+            local,
+            clock,
+            directory,
+            config,
+            outbound,
+            signers,
+            recovered,
+        } = setup;
+        let engine = Engine {
+            spool,
+            local,
+            clock,
+            enabled: config.delivery.enabled,
+            directory,
+            config,
+            outbound,
+            signers,
+            retries: Mutex::new(BTreeMap::new()),
+            locks: Mutex::new(HashMap::new()),
+        };
+        (engine, recovered)
+    }
+
     /// True when delivery runs (queue commands that need it say so otherwise).
     pub fn is_enabled(&self) -> bool {
         self.enabled
     }
 
-    async fn process(self: &Arc<Self>, job: Job) {
+    /// One delivery pass over a message: local recipients, remote ones, expiry, reports,
+    /// and the recorded state.
+    pub async fn process(self: &Arc<Self>, job: Job) {
         let id = job.envelope.id.clone();
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
@@ -255,7 +278,7 @@ impl Engine {
         if env.hold {
             return;
         }
-        let now = unix_now();
+        let now = self.clock.now();
         let engine = self.clone();
         let local_body = body.clone();
         env = match tokio::task::spawn_blocking(move || {
@@ -268,7 +291,7 @@ impl Engine {
             Err(_) => return,
         };
         self.deliver_remote(&mut env, &body, now).await;
-        self.expire(&mut env, unix_now());
+        self.expire(&mut env, self.clock.now());
         let engine = self.clone();
         let _ = tokio::task::spawn_blocking(move || engine.finish(env, &body)).await;
     }

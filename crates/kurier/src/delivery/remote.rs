@@ -9,7 +9,6 @@ use kurier_spool::{Delivered, Envelope};
 use super::Engine;
 use super::scheduler::next_attempt;
 use super::smtp::RemoteOutcome;
-use crate::time::unix_now;
 
 impl Engine {
     /// Remote recipients over SMTP, one transaction per destination domain.
@@ -50,7 +49,7 @@ impl Engine {
                 envid: env.envid.clone(),
             };
             let results = self.outbound.deliver(&domain, &tx, body).await;
-            let done = unix_now();
+            let done = self.clock.now();
             for (&i, outcome) in indexes.iter().zip(results) {
                 let r = &mut env.recipients[i];
                 r.attempts += 1;

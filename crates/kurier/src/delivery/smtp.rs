@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::{TlsConnector, TlsStream};
 
 use crate::config::{Config, TlsMode};
-use crate::dns::{MxResolver, RouteError};
+use crate::dns::{Lookup, RouteError};
 use crate::stream::Conn;
 use crate::tls::client::{opportunistic, verifying};
 
@@ -142,7 +142,7 @@ struct Idle {
 
 /// The outbound SMTP engine: routes, resolver, connection pool, per-destination limits.
 pub struct Outbound {
-    resolver: Arc<MxResolver>,
+    resolver: Arc<dyn Lookup>,
     helo: String,
     timeout: Duration,
     /// Configured routes, then the default MX route last.
@@ -154,7 +154,7 @@ pub struct Outbound {
 
 impl Outbound {
     /// Builds the engine from the configuration.
-    pub fn new(config: &Config, resolver: Arc<MxResolver>) -> Result<Outbound, String> {
+    pub fn new(config: &Config, resolver: Arc<dyn Lookup>) -> Result<Outbound, String> {
         let insecure = TlsConnector::from(opportunistic()?);
         let mut routes = Vec::new();
         for r in &config.routes {

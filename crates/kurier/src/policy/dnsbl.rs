@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use crate::dns::MxResolver;
+use crate::dns::Lookup;
 
 /// The query name for `ip` under `zone` (RFC 5782 §2.1 and §2.4).
 pub fn query_name(ip: IpAddr, zone: &str) -> String {
@@ -27,7 +27,7 @@ pub fn query_name(ip: IpAddr, zone: &str) -> String {
 }
 
 /// The first zone that lists `ip`, if any.
-pub async fn listed(resolver: &MxResolver, ip: IpAddr, zones: &[String]) -> Option<String> {
+pub async fn listed(resolver: &dyn Lookup, ip: IpAddr, zones: &[String]) -> Option<String> {
     for zone in zones {
         match resolver.a_records(&query_name(ip, zone)).await {
             Ok(answers) if answers.iter().any(|a| a.octets()[0] == 127) => {
@@ -45,6 +45,28 @@ pub async fn listed(resolver: &MxResolver, ip: IpAddr, zones: &[String]) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::fake::StaticDns;
+
+    #[tokio::test]
+    async fn listed_only_with_a_loopback_answer_and_never_on_failure() {
+        let dns = StaticDns::new();
+        let ip: IpAddr = [192, 0, 2, 99].into();
+        dns.host("99.2.0.192.bl.test", &[[127, 0, 0, 2].into()]);
+        dns.host("99.2.0.192.odd.test", &[[192, 0, 2, 1].into()]);
+        dns.fail("99.2.0.192.down.test");
+        let zones = |z: &[&str]| z.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            listed(&dns, ip, &zones(&["clean.test", "bl.test"])).await,
+            Some("bl.test".into())
+        );
+        assert_eq!(
+            listed(&dns, ip, &zones(&["odd.test", "down.test", "clean.test"])).await,
+            None,
+            "not 127/8, a failed lookup and no record are all 'not listed'"
+        );
+        let other: IpAddr = [192, 0, 2, 100].into();
+        assert_eq!(listed(&dns, other, &zones(&["bl.test"])).await, None);
+    }
 
     #[test]
     fn query_names() {

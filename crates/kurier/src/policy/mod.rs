@@ -95,7 +95,7 @@ impl Policy {
         if role != Role::Smtp || self.config.dnsbl.zones.is_empty() {
             return None;
         }
-        let zone = dnsbl::listed(&self.resolver, ip, &self.config.dnsbl.zones).await?;
+        let zone = dnsbl::listed(&*self.resolver, ip, &self.config.dnsbl.zones).await?;
         tracing::info!(peer = %ip, zone = %zone, "client listed on DNSBL, refused");
         Some(Reply::new(
             554,

@@ -196,7 +196,11 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
     let signers = Arc::new(Signers::load(&data_dir));
     let delivery = delivery::start(
         delivery::Setup {
-            spool: spool.clone(),
+            spool: Arc::new(spool.clone()),
+            local: Arc::new(delivery::maildir::Maildirs {
+                hostname: config.hostname.clone(),
+            }),
+            clock: Arc::new(crate::time::SystemClock),
             directory: directory.clone(),
             config: config.clone(),
             outbound,

@@ -5,6 +5,12 @@
 //! - A null MX (`0 .`, RFC 7505) means the domain accepts no mail: a permanent failure.
 //! - A domain that does not exist (NXDOMAIN) is a permanent failure; a DNS timeout or server
 //!   failure is temporary, never a silent success.
+//!
+//! [`Lookup`] is the seam: routing and DNSBL ask it, [`MxResolver`] answers from DNS, and
+//! [`fake::StaticDns`] from memory for unit tests. SPF, DKIM and DMARC go through the
+//! resolver itself (mail-auth needs hickory's), tested against a real DNS server instead.
+
+pub mod fake;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -53,6 +59,30 @@ pub struct MxHost {
     pub name: String,
     /// The MX preference (lower first).
     pub preference: u16,
+}
+
+/// The lookups delivery routing and DNSBL checks make.
+#[async_trait::async_trait]
+pub trait Lookup: Send + Sync {
+    /// The mail hosts for a domain, in the order to try them (RFC 5321 §5.1).
+    async fn mx_hosts(&self, domain: &str) -> Result<Vec<MxHost>, RouteError>;
+    /// The addresses of a host, IPv6 first.
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, RouteError>;
+    /// IPv4 addresses of a name; empty when it does not exist (DNSBL answers).
+    async fn a_records(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, RouteError>;
+}
+
+#[async_trait::async_trait]
+impl Lookup for MxResolver {
+    async fn mx_hosts(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {
+        MxResolver::mx_hosts(self, domain).await
+    }
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, RouteError> {
+        MxResolver::addresses(self, host).await
+    }
+    async fn a_records(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, RouteError> {
+        MxResolver::a_records(self, name).await
+    }
 }
 
 /// Looks up MX records and addresses.
