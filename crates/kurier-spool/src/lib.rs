@@ -46,4 +46,4 @@ pub use envelope::{
     RecipientState, RecipientStatus, RemoteHost,
 };
 pub use memory::MemoryStore;
-pub use store::{Recovery, Spool, SpoolError, Store, decode_queue_file};
+pub use store::{Recovery, Spool, SpoolError, Store, decode_queue_file, encode_queue_file};

@@ -151,11 +151,11 @@ impl Spool {
     /// Makes a new message durable. Returns only after the file and its directory entry are
     /// on disk; the caller may then acknowledge the message.
     pub fn commit(&self, envelope: &Envelope, body: &[u8]) -> Result<(), SpoolError> {
-        let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Corrupt {
-            path: self.queue_path(&envelope.id),
-            reason: e.to_string(),
-        })?;
-        let header = format!("{MAGIC} {} {}\n", json.len(), body.len());
+        let head =
+            encode_queue_head(envelope, body.len()).map_err(|reason| SpoolError::Corrupt {
+                path: self.queue_path(&envelope.id),
+                reason,
+            })?;
         let dest = self.queue_path(&envelope.id);
         if dest.exists() {
             return Err(SpoolError::Io {
@@ -163,7 +163,7 @@ impl Spool {
                 source: io::Error::new(io::ErrorKind::AlreadyExists, "queue id already in use"),
             });
         }
-        self.write_durably(&[header.as_bytes(), &json, b"\n", body], &dest)
+        self.write_durably(&[&head, body], &dest)
     }
 
     /// Records delivery progress (the whole envelope, atomically).
@@ -307,6 +307,23 @@ impl Spool {
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     crate::durable::sync_dir(dir).map_err(io_err(dir))
+}
+
+/// The start of a queue file: the header line and the envelope, up to the body.
+fn encode_queue_head(envelope: &Envelope, body_len: usize) -> Result<Vec<u8>, String> {
+    let json = serde_json::to_vec(envelope).map_err(|e| e.to_string())?;
+    let mut head = format!("{MAGIC} {} {body_len}\n", json.len()).into_bytes();
+    head.extend_from_slice(&json);
+    head.push(b'\n');
+    Ok(head)
+}
+
+/// A whole queue file in the format written now (what [`Spool::commit`] writes), for
+/// tests and the fuzzer's round trip.
+pub fn encode_queue_file(envelope: &Envelope, body: &[u8]) -> Result<Vec<u8>, String> {
+    let mut file = encode_queue_head(envelope, body.len())?;
+    file.extend_from_slice(body);
+    Ok(file)
 }
 
 /// Decodes a queue file: the header line with its lengths, the envelope (JSON, format 2 or

@@ -22,7 +22,8 @@
 //! - [`time`]: the clock and RFC 5322 dates.
 //! - [`shutdown`]: the stop and abort signals a running server passes down.
 //! - [`control`]: the queue control socket and its commands.
-//! - [`dns`]: MX and address lookups.
+//! - [`dns`]: MX and address lookups behind the [`dns::Lookup`] seam (an in-memory
+//!   [`dns::fake::StaticDns`] for unit tests).
 //! - [`dkim`]: DKIM keys and signing of mail from local domains.
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
 //! - [`stream`]: a connection in plaintext or TLS.

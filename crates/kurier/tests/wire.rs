@@ -282,10 +282,13 @@ fn dsn_parameters_are_stored_with_the_envelope() {
     let q = s.queued();
     assert_eq!(q.len(), 1);
     let text = String::from_utf8_lossy(&std::fs::read(&q[0]).unwrap()).to_string();
+    assert!(text.starts_with("KURIER-QUEUE 2 "), "{text}");
     for expected in [
+        "\"sender\":\"a@example.test\"",
+        "\"client_ip\":\"127.0.0.1\"",
         "\"ret\":\"HDRS\"",
         "\"envid\":\"env+id-1\"",
-        "\"orcpt\":\"rfc822;orig+x@example.test\"",
+        "\"orcpt\":{\"addr_type\":\"rfc822\",\"address\":\"orig+x@example.test\"}",
         "\"notify\":{\"never\":false,\"success\":true,\"failure\":false,\"delay\":true}",
         "\"notify\":{\"never\":true,\"success\":false,\"failure\":false,\"delay\":false}",
     ] {

@@ -197,7 +197,7 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
             r.status
         );
         if let Some(mta) = &r.remote_mta {
-            let _ = write!(m, "Remote-MTA: dns; {mta}\r\n");
+            let _ = write!(m, "Remote-MTA: dns; {}\r\n", one_line(mta));
         }
         if let Some((kind, text)) = &r.diagnostic {
             let _ = write!(
@@ -279,7 +279,7 @@ fn human_text(input: &DsnInput<'_>, worst: DsnAction) -> String {
     for r in input.recipients {
         let _ = write!(t, "<{}>: {}", r.final_recipient, r.action.as_str());
         if let Some(mta) = &r.remote_mta {
-            let _ = write!(t, " (host {mta})");
+            let _ = write!(t, " (host {})", one_line(mta));
         }
         if let Some((_, text)) = &r.diagnostic {
             let _ = write!(t, ":\r\n    {}", one_line(text));
