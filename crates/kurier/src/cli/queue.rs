@@ -71,8 +71,21 @@ pub fn run(cmd: &QueueCmd, data_dir: &DataDir) -> anyhow::Result<()> {
         QueueCmd::Delete { id } => control::run(data_dir, Q::Delete(parse_id(id)?))?,
         QueueCmd::Bounce { id } => control::run(data_dir, Q::Bounce(parse_id(id)?))?,
     };
-    println!("{}", out.trim_end());
+    println!("{}", printable(out.trim_end()));
     Ok(())
+}
+
+/// The output with control characters other than line ends escaped: envelope values come
+/// from strangers (ENVID, ORCPT, HELO, remote replies) and must not drive the admin's
+/// terminal (an ESC sequence could rewrite what is shown).
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' => "\n".to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// Parses a queue id given on the command line.
@@ -239,4 +252,17 @@ fn notify_list(n: &kurier_smtp::Notify) -> String {
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
     items.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(
+            printable("ENVID=a\u{1b}[2Jb\r\nX\tY\u{7f}\nnext"),
+            "ENVID=a\\u{1b}[2Jb\\r\nX\\tY\\u{7f}\nnext"
+        );
+    }
 }
