@@ -36,6 +36,13 @@ impl DataDir {
         self.0.join("kurier.lock")
     }
 
+    /// Where the running server says which process it is and which addresses it listens
+    /// on (one `role address` per line after `pid N`): for scripts and tests that start it
+    /// with port 0 or need to know it is ready, without reading its banner.
+    pub fn listening(&self) -> PathBuf {
+        self.0.join("listening")
+    }
+
     /// The control socket of the running server.
     pub fn control_socket(&self) -> PathBuf {
         self.0.join("control.sock")

@@ -455,3 +455,28 @@ fn user_add_reads_the_password_from_stdin() {
     assert!(out.contains("235 2.7.0"), "{out}");
     s.wait_for_mail("localhost", "dora", 1);
 }
+
+#[test]
+fn listening_file_names_the_bound_ports_of_port_0_and_goes_at_a_graceful_stop() {
+    let mut s = TestServer::configured("", "");
+    s.smtp = 0;
+    s.submission = 0;
+    s.submissions = 0;
+    s.rewrite_config();
+    s.spawn();
+    // The harness read the ports from the listening file: the system chose them.
+    assert!(s.smtp != 0 && s.submission != 0 && s.submissions != 0);
+    let listening = s.data_dir().join("listening");
+    let roles: Vec<String> = read_listening(&listening, s.pid())
+        .unwrap()
+        .into_iter()
+        .map(|(role, _)| role)
+        .collect();
+    assert_eq!(roles, ["smtp", "submission", "submissions"]);
+    assert!(send_one(s.smtp, "port zero").starts_with("250 2.0.0"));
+    assert!(s.terminate().success());
+    assert!(
+        !listening.exists(),
+        "listening file left after a graceful stop"
+    );
+}

@@ -62,7 +62,8 @@ impl Config {
             return Err(invalid("listeners", "at least one listener is needed"));
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            if self.listeners[..i].iter().any(|o| o.address == l.address) {
+            // Port 0 is "any free port": each such listener gets its own.
+            if l.address.port() != 0 && self.listeners[..i].iter().any(|o| o.address == l.address) {
                 return Err(invalid(
                     format!("listeners[{i}].address"),
                     format!("{} is listed twice", l.address),

@@ -1,13 +1,15 @@
 //! The text printed once the server listens: what runs where, and how to try it.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use kurier_smtp::Role;
 
-use crate::config::{Config, RoleName};
+use crate::config::Config;
 
-/// Prints what each listener is for, where the mail goes, and a first command to try.
-pub(super) fn print_banner(config: &Config, data_dir: &Path) {
+/// Prints what each listener is for (at the address it is bound to, so a port 0 shows as
+/// the port chosen), where the mail goes, and a first command to try.
+pub(super) fn print_banner(config: &Config, addresses: &[(Role, SocketAddr)], data_dir: &Path) {
     let domain = config
         .domains
         .first()
@@ -18,27 +20,21 @@ pub(super) fn print_banner(config: &Config, data_dir: &Path) {
         env!("CARGO_PKG_VERSION"),
         data_dir.display()
     );
-    for l in &config.listeners {
-        let what = match l.role {
-            RoleName::Smtp => format!(
+    for (role, address) in addresses {
+        let what = match role {
+            Role::Smtp => format!(
                 "incoming mail for {} (STARTTLS offered)",
                 config.domains.join(", ")
             ),
-            RoleName::Submission => "submission: STARTTLS, then AUTH PLAIN/LOGIN".to_string(),
-            RoleName::Submissions => "submission over implicit TLS, AUTH PLAIN/LOGIN".to_string(),
+            Role::Submission => "submission: STARTTLS, then AUTH PLAIN/LOGIN".to_string(),
+            Role::Submissions => "submission over implicit TLS, AUTH PLAIN/LOGIN".to_string(),
         };
-        text.push_str(&format!(
-            "  {:<12} {:<22} {}\n",
-            Role::from(l.role).name(),
-            l.address,
-            what
-        ));
+        text.push_str(&format!("  {:<12} {:<22} {}\n", role.name(), address, what));
     }
-    let smtp = config
-        .listeners
+    let smtp = addresses
         .iter()
-        .find(|l| l.role == RoleName::Smtp)
-        .map(|l| l.address.to_string())
+        .find(|(role, _)| *role == Role::Smtp)
+        .map(|(_, address)| address.to_string())
         .unwrap_or_else(|| "HOST:PORT".into());
     text.push_str(&format!(
         "Mail is delivered to Maildirs under {}/mail/<domain>/<user>/ (postmaster@{domain} exists from the start)\n\

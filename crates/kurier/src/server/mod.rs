@@ -28,6 +28,7 @@ use crate::delivery::{self, smtp::Outbound};
 use crate::directory::Directory;
 use crate::dkim::Signers;
 use crate::dns::MxResolver;
+use crate::fsutil;
 use crate::inbound::Inbound;
 use crate::policy::Policy;
 use crate::policy::greylist::Greylist;
@@ -116,7 +117,8 @@ pub async fn run(config: Config, data_dir: DataDir) -> Result<(), StartError> {
     // that kills the process without a 421 to anyone.
     let signals = Signals::install();
     let running = start(config, data_dir).await?;
-    banner::print_banner(&running.config, running.data_dir.root());
+    running.write_listening();
+    banner::print_banner(&running.config, &running.addresses, running.data_dir.root());
     signals.wait().await;
     running.shutdown().await;
     Ok(())
@@ -301,6 +303,18 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
 }
 
 impl Running {
+    /// Writes [`DataDir::listening`]: the process id and each bound address. Failing to
+    /// write it is logged, not fatal: the server runs without it.
+    fn write_listening(&self) {
+        let mut text = format!("pid {}\n", std::process::id());
+        for (role, address) in &self.addresses {
+            text.push_str(&format!("{} {address}\n", role.name()));
+        }
+        if let Err(e) = fsutil::write_private(&self.data_dir.listening(), text.as_bytes()) {
+            tracing::warn!(path = %self.data_dir.listening().display(), error = %e, "cannot write the listening file");
+        }
+    }
+
     /// Graceful stop: no new connections; idle sessions get `421 4.3.2` at once, sessions in
     /// a transaction may finish it within `limits.shutdown_grace` and then get the 421
     /// (RFC 5321 §3.8); delivery workers finish their attempt.
@@ -320,6 +334,7 @@ impl Running {
         }
         let _ = tokio::time::timeout(WORKERS_TIMEOUT, self.workers.wait()).await;
         let _ = std::fs::remove_file(self.data_dir.control_socket());
+        let _ = std::fs::remove_file(self.data_dir.listening());
         tracing::info!("stopped");
         drop(self.lock);
     }

@@ -4,11 +4,10 @@
 
 pub mod dns;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kurier");
@@ -114,6 +113,11 @@ impl TestServer {
         self.write_config();
     }
 
+    /// Writes the config again after a test changed the ports or the address.
+    pub fn rewrite_config(&self) {
+        self.write_config();
+    }
+
     fn write_config(&self) {
         let mut defaults = String::new();
         if !self.top.contains("hostname =") {
@@ -151,41 +155,50 @@ impl TestServer {
         }
     }
 
-    /// Starts the binary and waits (bounded) for its ready banner; on failure, the log.
+    /// Starts the binary and waits (bounded) until it has written its listening file (the
+    /// process id and the bound addresses); on failure, the log.
     fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let mut child = Command::new(BIN)
+        // A file left by a server killed with SIGKILL names another process.
+        let listening = self.data_dir().join("listening");
+        let _ = std::fs::remove_file(&listening);
+        let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(self.config_path())
             .arg("--data-dir")
             .arg(self.data_dir())
             .env("KURIER_LOG", "debug")
-            .stdout(Stdio::piped())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("Stop with Ctrl-C") {
-                    let _ = tx.send(());
-                }
-            }
-        });
+        let pid = child.id();
         self.child = Some(child);
-        // The banner, or the end of its output (it exited), or the time limit.
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                self.kill9();
-                Err(self.log())
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(addresses) = read_listening(&listening, pid) {
+                for (role, address) in addresses {
+                    match role.as_str() {
+                        "smtp" => (self.smtp_ip, self.smtp) = (address.ip(), address.port()),
+                        "submission" => self.submission = address.port(),
+                        "submissions" => self.submissions = address.port(),
+                        _ => {}
+                    }
+                }
+                return Ok(());
             }
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap().is_some();
+            if exited {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        self.kill9();
+        Err(self.log())
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -304,6 +317,22 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The roles and addresses in a server's listening file, once it is complete and written
+/// by process `pid`.
+pub fn read_listening(path: &Path, pid: u32) -> Option<Vec<(String, std::net::SocketAddr)>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != format!("pid {pid}") {
+        return None;
+    }
+    lines
+        .map(|l| {
+            let (role, address) = l.split_once(' ')?;
+            Some((role.to_string(), address.parse().ok()?))
+        })
+        .collect()
 }
 
 pub fn list(dir: &Path) -> Vec<PathBuf> {
