@@ -28,6 +28,10 @@ use crate::reply::{Reply, codes};
 /// RFC 4954 §4: a SASL response line may be up to 12288 octets.
 pub const MAX_SASL_LINE: usize = 12288;
 
+/// The reply text to HELP (RFC 5321 §4.1.1.8).
+const HELP_TEXT: &str =
+    "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH; see RFC 5321";
+
 /// What a listener is for; it decides what a session requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -669,7 +673,8 @@ impl ServerSession {
             }
             Command::Noop => self.send(Reply::new(250, codes::OK, "Ok")),
             Command::Quit => {
-                self.close_with(Reply::new(221, codes::OK, format!("{} closing connection", self.cfg.hostname)));
+                let text = format!("{} closing connection", self.cfg.hostname);
+                self.close_with(Reply::new(221, codes::OK, text));
             }
             // RFC 5321 §3.5.3: 252 when the server will not verify but accepts the address.
             Command::Vrfy(_) => self.send(Reply::new(
@@ -677,17 +682,17 @@ impl ServerSession {
                 codes::PROTOCOL_OK,
                 "Cannot VRFY user, but will accept message and attempt delivery",
             )),
-            Command::Expn(_) => self.refuse(Reply::new(502, codes::BAD_SEQUENCE, "EXPN not available")),
-            Command::Help => self.send(Reply::new(
-                214,
-                codes::OK,
-                "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH; see RFC 5321",
-            )),
+            Command::Expn(_) => {
+                self.refuse(Reply::new(502, codes::BAD_SEQUENCE, "EXPN not available"))
+            }
+            Command::Help => self.send(Reply::new(214, codes::OK, HELP_TEXT)),
             Command::StartTls => self.starttls(),
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial),
-            Command::NotImplemented(verb) => {
-                self.refuse(Reply::new(502, codes::BAD_SEQUENCE, format!("{verb} not implemented")))
-            }
+            Command::NotImplemented(verb) => self.refuse(Reply::new(
+                502,
+                codes::BAD_SEQUENCE,
+                format!("{verb} not implemented"),
+            )),
         }
     }
 

@@ -66,13 +66,11 @@ where
     Fut: Future<Output = Result<String, String>> + Send,
 {
     loop {
-        let stream = tokio::select! {
-            s = listener.accept() => match s {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
             _ = stop.cancelled() => return,
         };
+        let Ok((stream, _)) = accepted else { continue };
         let handle = handle.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();

@@ -27,6 +27,8 @@
 //! - [`dkim`]: DKIM keys and signing of mail from local domains.
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
 //! - [`stream`]: a connection in plaintext or TLS.
+//! - [`maillog`]: the server's fixed log events and field names, and the escaping of
+//!   untrusted values in them (no forged log lines, no terminal escapes).
 
 #![forbid(unsafe_code)]
 
@@ -40,6 +42,7 @@ pub mod dkim;
 pub mod dns;
 pub mod fsutil;
 pub mod inbound;
+pub mod maillog;
 pub mod policy;
 pub mod server;
 pub mod shutdown;

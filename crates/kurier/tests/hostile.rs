@@ -153,3 +153,51 @@ fn giant_lines_nul_bytes_and_invalid_utf8() {
     assert_eq!(w.cmd("NOOP"), "250 2.0.0 Ok\r\n");
     assert!(!s.log().contains("panicked"));
 }
+
+#[test]
+fn hostile_bytes_in_auth_identities_and_helo_cannot_forge_log_lines() {
+    let s = TestServer::default();
+    // A failed AUTH is logged with the identity the client gave; a line break in it must
+    // not start a line of the attacker's choosing (fail2ban would ban 203.0.113.9), and a
+    // terminal escape must not reach whoever tails the log.
+    let script = r#"
+import base64, smtplib, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+b64 = lambda b: base64.b64encode(b).decode()
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as c:
+    c.starttls(context=ctx); c.ehlo("client.test")
+    forged = b"x\nFORGED authentication failure rhost=203.0.113.9"
+    print(c.docmd("AUTH", "PLAIN " + b64(b"\0" + forged + b"\0wrong"))[0])
+    print(c.docmd("AUTH", "LOGIN " + b64(b"evil\x1b[2J\x1b]0;owned\x07\r\nFORGED too"))[0])
+    print(c.docmd(b64(b"wrong"))[0])
+"#;
+    let out = run_ok(Command::new("python3").args(["-c", script, &s.submission.to_string()]));
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["535", "334", "535"]
+    );
+    // A HELO with a control character is refused by the session before anything logs it.
+    let mut w = Wire::connect(s.smtp);
+    assert!(w.reply().starts_with("220 "));
+    w.send(b"HELO evil\x1b[2J.test\r\n");
+    assert!(w.reply().starts_with("500 5.5.2 "));
+    assert_eq!(
+        w.cmd("QUIT"),
+        "221 2.0.0 mx.kurier.test closing connection\r\n"
+    );
+    let log = s.log();
+    assert!(
+        log.contains("user=x\\nFORGED authentication failure"),
+        "{log}"
+    );
+    assert!(
+        log.contains("user=evil\\x1b[2J\\x1b]0;owned\\x07\\r\\nFORGED too"),
+        "{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a forged log line:\n{log}"
+    );
+    assert!(!log.contains('\x1b'), "a raw ESC in the log:\n{log:?}");
+    assert!(!log.contains('\x07'), "a raw BEL in the log:\n{log:?}");
+}

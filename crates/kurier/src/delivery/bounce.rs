@@ -9,6 +9,7 @@ use kurier_spool::{
 
 use super::Engine;
 use super::dsn::{self, DsnAction, DsnRecipient};
+use crate::maillog;
 use crate::time::rfc5322;
 
 impl Engine {
@@ -144,7 +145,7 @@ impl Engine {
             return;
         }
         let ReversePath::Mailbox(to) = &env.sender else {
-            tracing::warn!(queue_id = %env.id, "not reporting on a message from the null sender (a bounce is never bounced)");
+            maillog::dsn_not_for_null_sender(&env.id);
             return;
         };
         let id = QueueId::generate();
@@ -185,12 +186,10 @@ impl Engine {
                         DsnAction::Relayed => "relayed",
                     })
                     .collect();
-                tracing::info!(queue_id = %env.id, dsn_id = %id, to = %to, actions = %kinds.join(","), "delivery status notification queued");
+                maillog::dsn_queued(&env.id, &id, to, &kinds.join(","));
                 self.schedule(id, now);
             }
-            Err(e) => {
-                tracing::error!(queue_id = %env.id, error = %e, "cannot queue the delivery status notification")
-            }
+            Err(e) => maillog::dsn_not_queued(&env.id, &e),
         }
     }
 }

@@ -10,6 +10,7 @@ use kurier_spool::{Delivered, Envelope, Failure};
 use super::scheduler::next_attempt;
 use super::{Engine, maildir};
 use crate::directory::Resolution;
+use crate::maillog;
 
 impl Engine {
     /// Local recipients into their Maildir (blocking I/O). Also used before the 250 for
@@ -51,7 +52,7 @@ impl Engine {
                         };
                         match self.local.write(&folder, &headers, body) {
                             Ok(p) => {
-                                tracing::info!(queue_id = %id, rcpt = %r.address, mailbox = %t, path = %p.display(), "delivered");
+                                maillog::delivered_local(&id, &r.address, t, &p);
                                 paths.push(p.display().to_string());
                             }
                             Err(e) => {
@@ -63,7 +64,7 @@ impl Engine {
                     match error {
                         None => r.delivered(now, Delivered::Local { files: paths }),
                         Some(e) => {
-                            tracing::warn!(queue_id = %id, rcpt = %r.address, error = %e, attempts = r.attempts, "local delivery deferred");
+                            maillog::local_delivery_deferred(&id, &r.address, &e, r.attempts);
                             let next = next_attempt(now, r.attempts, schedule);
                             r.deferred(
                                 now,
@@ -77,7 +78,7 @@ impl Engine {
                     }
                 }
                 Resolution::Unknown => {
-                    tracing::warn!(queue_id = %id, rcpt = %r.address, "local mailbox no longer exists");
+                    maillog::local_mailbox_gone(&id, &r.address);
                     let text = format!("<{}>: mailbox no longer exists", r.address);
                     r.failed(now, Failure::local(EnhancedCode(5, 1, 1), text));
                 }

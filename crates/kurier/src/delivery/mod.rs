@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::maillog;
 use crate::time::Clock;
 
 pub mod admin;
@@ -270,7 +271,7 @@ impl Engine {
             Ok(Ok(x)) => x,
             Ok(Err(SpoolError::NotFound(_))) => return,
             Ok(Err(e)) => {
-                tracing::error!(queue_id = %job.envelope.id, error = %e, "cannot load queued message");
+                maillog::queued_message_unreadable(&job.envelope.id, &e);
                 return;
             }
             Err(_) => return,

@@ -9,6 +9,7 @@ use kurier_spool::{Delivered, Envelope};
 use super::Engine;
 use super::scheduler::next_attempt;
 use super::smtp::RemoteOutcome;
+use crate::maillog;
 
 impl Engine {
     /// Remote recipients over SMTP, one transaction per destination domain.
@@ -55,7 +56,7 @@ impl Engine {
                 r.attempts += 1;
                 match outcome {
                     RemoteOutcome::Delivered { host, reply, dsn } => {
-                        tracing::info!(queue_id = %env.id, rcpt = %r.address, mta = %host, reply = %reply, "delivered");
+                        maillog::delivered_remote(&env.id, &r.address, &host, &reply);
                         r.delivered(
                             done,
                             Delivered::Remote {
@@ -69,7 +70,7 @@ impl Engine {
                         permanent: true,
                         failure,
                     } => {
-                        tracing::info!(queue_id = %env.id, rcpt = %r.address, mta = %mta_of(&failure), reason = %failure, "delivery failed");
+                        maillog::delivery_failed(&env.id, &r.address, &failure);
                         r.failed(done, failure);
                     }
                     RemoteOutcome::Failed {
@@ -77,19 +78,12 @@ impl Engine {
                         failure,
                     } => {
                         let next = next_attempt(done, r.attempts, &schedule);
-                        tracing::info!(queue_id = %env.id, rcpt = %r.address, mta = %mta_of(&failure), reason = %failure, retry_in_s = next.saturating_sub(done), "delivery deferred");
+                        let retry_in_s = next.saturating_sub(done);
+                        maillog::delivery_deferred(&env.id, &r.address, &failure, retry_in_s);
                         r.deferred(done, failure, next);
                     }
                 }
             }
         }
     }
-}
-
-/// The server of a failure, for the log.
-fn mta_of(failure: &kurier_spool::Failure) -> String {
-    failure
-        .remote
-        .as_ref()
-        .map_or_else(|| "-".to_string(), ToString::to_string)
 }

@@ -30,6 +30,7 @@ use tokio_rustls::{TlsConnector, TlsStream};
 
 use crate::config::{Config, TlsMode};
 use crate::dns::{Lookup, RouteError};
+use crate::maillog;
 use crate::stream::Conn;
 use crate::tls::client::{opportunistic, verifying};
 
@@ -273,7 +274,7 @@ impl Outbound {
                 };
                 // A pooled connection first; if it went stale, a fresh one.
                 if let Some(idle) = self.take_idle(&key) {
-                    tracing::debug!(host = %mta, "reusing connection");
+                    maillog::reusing_connection(&mta);
                     match self
                         .transact(idle.conn, idle.session, tx, body, &host, route)
                         .await
@@ -289,7 +290,7 @@ impl Outbound {
                 let (conn, session) = match self.connect(addr, &host, route).await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::info!(host = %mta, error = %e.message, "next hop failed, trying the next one");
+                        maillog::next_hop_failed(&mta, &e.message);
                         last = RemoteOutcome::from_session_error(&e, &mta);
                         if e.try_next_host() || e.reply.is_none() {
                             continue;

@@ -5,6 +5,7 @@
 //! [`crate::policy`] and [`super::receive`]), and writes the replies. Replies to pipelined
 //! commands are gathered and written in one go before the next read (RFC 2920).
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,9 +14,11 @@ use kurier_smtp::session::{Action, ServerSession, SessionConfig, TlsInfo};
 use kurier_smtp::{ForwardPath, MailParams, RcptParams, Reply, ReversePath, Role, codes};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+use tokio::time::error::Elapsed;
 use tokio_rustls::TlsStream;
 
 use super::Inbound;
+use crate::maillog;
 use crate::policy::{Client, Transaction};
 use crate::shutdown::Shutdown;
 use crate::stream::Conn;
@@ -88,22 +91,16 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let mut summary = Summary::default();
     let end = run(stream, peer, role, &inbound, &shutdown, &mut summary).await;
-    let tls = summary
-        .tls
-        .as_ref()
-        .map(|t| t.version.as_str())
-        .unwrap_or("none");
-    tracing::info!(
-        peer = %peer.ip(),
-        listener = %role.name(),
-        helo = %summary.helo.as_deref().unwrap_or("-"),
-        tls = %tls,
-        auth = %summary.auth.as_deref().unwrap_or("-"),
-        messages = summary.messages,
-        duration_ms = started.elapsed().as_millis() as u64,
-        end = %end.as_str(),
-        "connection closed"
-    );
+    maillog::connection_closed(&maillog::ConnectionClosed {
+        peer: peer.ip(),
+        listener: role,
+        helo: summary.helo.as_deref(),
+        tls: summary.tls.as_ref(),
+        auth: summary.auth.as_deref(),
+        messages: summary.messages,
+        duration: started.elapsed(),
+        end: end.as_str(),
+    });
 }
 
 fn session_config(inbound: &Inbound, role: Role) -> SessionConfig {
@@ -135,7 +132,7 @@ async fn handshake(
             Ok((Conn::Tls(Box::new(TlsStream::Server(s))), info))
         }
         Ok(Err(e)) => {
-            tracing::debug!(peer = %peer.ip(), error = %e, "TLS handshake failed");
+            maillog::tls_handshake_failed(peer.ip(), &e);
             Err(End::TlsFailed)
         }
         Err(_) => Err(End::TlsTimeout),
@@ -252,22 +249,42 @@ impl Driver<'_> {
                 command_deadline.saturating_duration_since(tokio::time::Instant::now())
             };
             let idle = self.session.is_idle();
-            tokio::select! {
-                read = tokio::time::timeout(timeout, conn.read(&mut buf)) => match read {
-                    Ok(Ok(0)) => return End::ClientDisconnected,
-                    Ok(Ok(n)) => {
-                        self.session.receive(&buf[..n]);
-                        if n == buf.len() && buf.len() < READ_BUFFER {
-                            buf.resize(READ_BUFFER, 0);
-                        } else if idle && buf.len() > READ_BUFFER_SMALL {
-                            buf = vec![0u8; READ_BUFFER_SMALL];
-                        }
-                    }
-                    Ok(Err(_)) => return End::ReadError,
-                    Err(_) => self.timed_out(),
-                },
+            let read = tokio::time::timeout(timeout, conn.read(&mut buf));
+            let ended = tokio::select! {
+                read = read => self.received(read, &mut buf, idle),
                 _ = shutdown.stop.cancelled(), if idle => self.shutting_down(),
                 _ = shutdown.abort.cancelled() => self.shutting_down(),
+            };
+            if let Some(end) = ended {
+                return end;
+            }
+        }
+    }
+
+    /// Feeds what was read to the session and sizes the buffer for the next read: larger
+    /// once a read fills it (message data), small again when the session is idle. A read
+    /// that timed out closes the session with 421; `Some` when the connection is gone.
+    fn received(
+        &mut self,
+        read: Result<io::Result<usize>, Elapsed>,
+        buf: &mut Vec<u8>,
+        idle: bool,
+    ) -> Option<End> {
+        match read {
+            Ok(Ok(0)) => Some(End::ClientDisconnected),
+            Ok(Ok(n)) => {
+                self.session.receive(&buf[..n]);
+                if n == buf.len() && buf.len() < READ_BUFFER {
+                    buf.resize(READ_BUFFER, 0);
+                } else if idle && buf.len() > READ_BUFFER_SMALL {
+                    *buf = vec![0u8; READ_BUFFER_SMALL];
+                }
+                None
+            }
+            Ok(Err(_)) => Some(End::ReadError),
+            Err(_) => {
+                self.timed_out();
+                None
             }
         }
     }
@@ -358,13 +375,15 @@ impl Driver<'_> {
             .close_with(Reply::new(421, codes::TIMEOUT, text));
     }
 
-    /// RFC 5321 §3.8: 421 when the service is shutting down.
-    fn shutting_down(&mut self) {
+    /// RFC 5321 §3.8: 421 when the service is shutting down. `None`: the connection stays
+    /// until the session has written the 421 and asks to close.
+    fn shutting_down(&mut self) -> Option<End> {
         let text = format!(
             "{} Service shutting down, try again later",
             self.inbound.config.hostname
         );
         self.session
             .close_with(Reply::new(421, codes::SHUTTING_DOWN, text));
+        None
     }
 }

@@ -8,6 +8,7 @@ use kurier_smtp::{Body, ForwardPath, Mailbox, Reply, Role, codes};
 use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, SpoolError};
 
 use super::Inbound;
+use crate::maillog;
 use crate::policy::sender_auth::strip_forged;
 use crate::policy::{Client, Transaction};
 use crate::time::rfc5322;
@@ -54,7 +55,7 @@ pub async fn commit(
     body.extend_from_slice(&prepared.message);
     let envelope = envelope(id, now, client, &message, recipients, &body, prepared.junk);
     let outcome = make_durable(inbound, envelope, body).await?;
-    log_accepted(&message, &outcome.0, client, outcome.1);
+    maillog::message_accepted(&outcome.0, &message, client.ip, outcome.1);
     Ok(outcome.0.id.to_string())
 }
 
@@ -226,26 +227,6 @@ fn local_error() -> Reply {
         codes::SYSTEM_TEMP,
         "Local error in processing, try again later",
     )
-}
-
-/// The one log line per accepted message.
-fn log_accepted(message: &Message, envelope: &Envelope, client: &Client<'_>, outcome: &str) {
-    let rcpts: Vec<String> = envelope
-        .recipients
-        .iter()
-        .map(|r| r.address.to_string())
-        .collect();
-    tracing::info!(
-        queue_id = %envelope.id,
-        from = %message.from,
-        rcpts = %rcpts.join(","),
-        size = envelope.size,
-        client = %client.ip,
-        tls = %message.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
-        auth = %message.auth_user.as_deref().unwrap_or("-"),
-        outcome,
-        "message accepted"
-    );
 }
 
 /// The domain of the (first) From: address, lower case.

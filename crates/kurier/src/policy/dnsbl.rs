@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use crate::dns::Lookup;
+use crate::maillog;
 
 /// The query name for `ip` under `zone` (RFC 5782 §2.1 and §2.4).
 pub fn query_name(ip: IpAddr, zone: &str) -> String {
@@ -34,9 +35,7 @@ pub async fn listed(resolver: &dyn Lookup, ip: IpAddr, zones: &[String]) -> Opti
                 return Some(zone.clone());
             }
             Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(zone = %zone, error = %e, "DNSBL lookup failed; not treating the client as listed")
-            }
+            Err(e) => maillog::dnsbl_lookup_failed(zone, &e),
         }
     }
     None

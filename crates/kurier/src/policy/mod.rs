@@ -23,6 +23,7 @@ use mail_auth::{SpfOutput, SpfResult};
 use crate::config::Config;
 use crate::directory::{Directory, Resolution};
 use crate::dns::MxResolver;
+use crate::maillog;
 use crate::time::unix_now;
 
 pub mod dnsbl;
@@ -198,7 +199,7 @@ impl Policy {
         }
         match g.check(client.ip, &from, to, now) {
             Some(reply) => {
-                tracing::info!(peer = %client.ip, from = %from, rcpt = %to, "greylisted");
+                maillog::greylisted(client.ip, &from, to);
                 Verdict::Reject(reply)
             }
             None => Verdict::Accept,
@@ -231,11 +232,11 @@ impl Policy {
     ) -> AuthVerdict {
         if let Some(delay) = self.auth_throttle.blocked(ip) {
             tokio::time::sleep(delay).await;
-            tracing::warn!(peer = %ip, user = %username, "authentication refused: too many failures from this address");
+            maillog::auth_throttled(ip, username);
             return AuthVerdict::Throttled;
         }
         let verdict = if let Some(other) = authzid {
-            tracing::warn!(peer = %ip, user = %username, authzid = %other, "authentication refused: acting as another user is not offered");
+            maillog::auth_as_other_refused(ip, username, other);
             AuthVerdict::BadCredentials
         } else {
             let (dir, user) = (self.directory.clone(), username.to_string());
@@ -247,7 +248,7 @@ impl Policy {
         };
         if verdict == AuthVerdict::BadCredentials {
             self.auth_throttle.failed(ip);
-            tracing::warn!(peer = %ip, user = %username, "authentication failed");
+            maillog::auth_failed(ip, username);
         }
         verdict
     }
@@ -304,7 +305,7 @@ impl Policy {
         let verdict = evaluation.decide(&policies);
         match verdict.refusal {
             Some(reply) => {
-                tracing::info!(from = %from, client = %client.ip, reply = %reply, "message refused by sender authentication");
+                maillog::sender_auth_refused(from, client.ip, &reply);
                 Err(reply)
             }
             None => Ok(SenderChecked {

@@ -28,6 +28,7 @@ use mail_auth::{MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache, 
 
 use super::spf_record;
 use crate::dns::MxResolver;
+use crate::maillog;
 
 /// RFC 7208 §4.6.4: "SPF implementations SHOULD limit 'void lookups' to two."
 pub const MAX_VOID_LOOKUPS: usize = 2;
@@ -76,7 +77,7 @@ pub async fn verify(
     let events = log.take();
     match strict_error(resolver, output.result(), &events).await {
         Some(reason) => {
-            tracing::debug!(domain = output.domain(), %reason, "SPF permerror");
+            maillog::spf_permerror(output.domain(), &reason);
             SpfOutput::new(output.domain().to_string()).with_result(SpfResult::PermError)
         }
         None => output,

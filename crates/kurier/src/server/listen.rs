@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::inbound::{self, Inbound};
+use crate::maillog;
 use crate::policy::throttle::RateLimit;
 use crate::shutdown::Shutdown;
 
@@ -109,7 +110,7 @@ pub(super) async fn accept_loop(
                 codes::SECURITY_TEMP,
                 "Too many connections per minute from your address, try again later",
             );
-            tracing::warn!(peer = %peer.ip(), listener = %role.name(), "connection refused: {}", reply.text());
+            maillog::connection_refused(peer.ip(), role, &reply);
             tracker.spawn(refuse(stream, reply));
             continue;
         }
@@ -122,7 +123,7 @@ pub(super) async fn accept_loop(
                 });
             }
             Err(reply) => {
-                tracing::warn!(peer = %peer.ip(), listener = role.name(), "connection refused: {}", reply.text());
+                maillog::connection_refused(peer.ip(), role, &reply);
                 tracker.spawn(refuse(stream, reply));
             }
         }

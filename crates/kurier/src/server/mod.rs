@@ -30,6 +30,7 @@ use crate::dkim::Signers;
 use crate::dns::MxResolver;
 use crate::fsutil;
 use crate::inbound::Inbound;
+use crate::maillog;
 use crate::policy::Policy;
 use crate::policy::greylist::Greylist;
 use crate::policy::throttle::{AuthThrottle, RateLimit};
@@ -156,9 +157,7 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
             message,
         })?;
     } else if nix::unistd::geteuid().is_root() {
-        tracing::warn!(
-            "running as root: set `run_as` in the config to switch to an unprivileged user after binding"
-        );
+        maillog::running_as_root();
     }
     let dir_err = |path: PathBuf| move |source| StartError::DataDir { path, source };
     std::fs::create_dir_all(data_dir.root()).map_err(dir_err(data_dir.root().to_path_buf()))?;
@@ -311,7 +310,7 @@ impl Running {
             text.push_str(&format!("{} {address}\n", role.name()));
         }
         if let Err(e) = fsutil::write_private(&self.data_dir.listening(), text.as_bytes()) {
-            tracing::warn!(path = %self.data_dir.listening().display(), error = %e, "cannot write the listening file");
+            maillog::listening_file_not_written(&self.data_dir.listening(), &e);
         }
     }
 
