@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::directory::{Directory, Resolution};
 use crate::dns::MxResolver;
 use crate::maillog;
-use crate::time::unix_now;
+use crate::time::Clock;
 
 pub mod dnsbl;
 pub mod greylist;
@@ -32,6 +32,9 @@ pub mod sender_auth;
 pub mod spf;
 pub mod spf_record;
 pub mod throttle;
+
+#[cfg(test)]
+mod tests;
 
 use greylist::Greylist;
 use throttle::{AuthThrottle, RateLimit};
@@ -54,6 +57,8 @@ pub struct Policy {
     pub auth_throttle: AuthThrottle,
     /// Messages per minute per client address.
     pub message_rate: RateLimit,
+    /// Where greylisting's "now" comes from (fixed in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Who is asking: facts of the connection that decisions depend on.
@@ -180,7 +185,7 @@ impl Policy {
         if client.auth.is_some() || client.role != Role::Smtp || g.exempt(client.ip) {
             return Verdict::Accept;
         }
-        let now = unix_now();
+        let now = self.clock.now();
         if g.exempts_spf_pass()
             && from.mailbox().is_some()
             && !g.has_passed(client.ip, &from, to, now)

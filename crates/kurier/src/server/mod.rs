@@ -35,6 +35,7 @@ use crate::policy::Policy;
 use crate::policy::greylist::Greylist;
 use crate::policy::throttle::{AuthThrottle, RateLimit};
 use crate::shutdown::Shutdown;
+use crate::time::SystemClock;
 use crate::time::unix_now;
 use crate::{control, tls};
 
@@ -258,6 +259,7 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
         greylist,
         auth_throttle,
         message_rate: RateLimit::per_minute(config.limits.messages_per_minute),
+        clock: Arc::new(SystemClock),
     };
     let inbound = Arc::new(Inbound {
         config: config.clone(),
