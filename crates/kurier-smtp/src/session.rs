@@ -76,6 +76,10 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// Failed AUTH attempts after which the session is closed with 421.
     pub max_auth_failures: u32,
+    /// NOOP, RSET, VRFY and HELP commands allowed between accepted messages (0: no
+    /// limit); one more closes the session with 421, so a client cannot hold a
+    /// connection slot forever with commands that carry no mail.
+    pub max_junk_commands: u32,
 }
 
 /// The negotiated TLS parameters, for the Received header and logs.
@@ -241,6 +245,7 @@ pub struct ServerSession {
     tx: Option<Transaction>,
     errors: u32,
     auth_failures: u32,
+    junk_commands: u32,
 }
 
 impl ServerSession {
@@ -262,6 +267,7 @@ impl ServerSession {
             tx: None,
             errors: 0,
             auth_failures: 0,
+            junk_commands: 0,
         }
     }
 
@@ -365,7 +371,10 @@ impl ServerSession {
         self.phase = Phase::Command;
         self.tx = None;
         match result {
-            Ok(id) => self.send(Reply::new(250, codes::OK, format!("Ok: queued as {id}"))),
+            Ok(id) => {
+                self.junk_commands = 0;
+                self.send(Reply::new(250, codes::OK, format!("Ok: queued as {id}")));
+            }
             Err(reply) => self.send(reply),
         }
     }
@@ -650,7 +659,30 @@ impl ServerSession {
         Reply::multiline(250, lines)
     }
 
+    /// Counts a command that carries no mail; true (and the session closing) when it is
+    /// one over the limit.
+    fn junk(&mut self) -> bool {
+        self.junk_commands = self.junk_commands.saturating_add(1);
+        let over =
+            self.cfg.max_junk_commands != 0 && self.junk_commands > self.cfg.max_junk_commands;
+        if over {
+            self.close_with(Reply::new(
+                421,
+                codes::SECURITY_TEMP,
+                "Too many commands without mail, closing connection",
+            ));
+        }
+        over
+    }
+
     fn command(&mut self, cmd: Command) {
+        let junk = matches!(
+            cmd,
+            Command::Noop | Command::Rset | Command::Vrfy(_) | Command::Help
+        );
+        if junk && self.junk() {
+            return;
+        }
         match cmd {
             Command::Helo(name) => {
                 self.tx = None;

@@ -34,7 +34,12 @@ pub struct Received<'a> {
 
 impl Received<'_> {
     /// The folded header field, ending in CRLF.
+    ///
+    /// Client-supplied names are cleaned; in a message not sent with SMTPUTF8 they are
+    /// also kept to ASCII (RFC 6532 header text belongs only to SMTPUTF8 mail, RFC 6531 §3.7.3).
     pub fn to_header(&self) -> String {
+        let utf8 = self.protocol.starts_with("UTF8");
+        let clean = |s: &str| sanitized(s, utf8);
         let helo = clean(self.helo);
         let mut h = format!("Received: from {helo} (");
         if let Some(name) = self.peer_name {
@@ -65,11 +70,12 @@ impl Received<'_> {
 }
 
 /// Keeps client-supplied text from breaking the header: no control characters, no
-/// parentheses (which would end the comment), no angle brackets or semicolons.
-fn clean(s: &str) -> String {
+/// parentheses (which would end the comment), no angle brackets or semicolons, and only
+/// ASCII unless `utf8`.
+fn sanitized(s: &str, utf8: bool) -> String {
     s.chars()
         .map(|c| {
-            if c.is_control() || "()<>;\\".contains(c) {
+            if c.is_control() || "()<>;\\".contains(c) || (!utf8 && !c.is_ascii()) {
                 '_'
             } else {
                 c
@@ -122,5 +128,28 @@ mod tests {
         .to_header();
         assert!(h.starts_with("Received: from evil___X-Injected: yes ([IPv6:::1])\r\n"));
         assert_eq!(h.matches("\r\n").count(), 3);
+    }
+
+    #[test]
+    fn a_utf8_helo_stays_out_of_a_seven_bit_message() {
+        let mut r = Received {
+            helo: "bücher.example",
+            peer_ip: IpAddr::from([192, 0, 2, 1]),
+            peer_name: Some("mx.bücher.example"),
+            by: "mx.test",
+            protocol: "ESMTP",
+            tls: None,
+            id: "q",
+            for_rcpt: Some("jürgen@mx.test"),
+            date: "d",
+        };
+        let h = r.to_header();
+        assert!(h.is_ascii(), "{h}");
+        assert!(h.starts_with("Received: from b_cher.example (mx.b_cher.example [192.0.2.1])"));
+        r.protocol = "UTF8SMTP";
+        assert!(
+            r.to_header()
+                .starts_with("Received: from bücher.example (mx.bücher.example")
+        );
     }
 }

@@ -25,6 +25,7 @@ fn config(role: Role) -> SessionConfig {
         max_recipients: 3,
         max_errors: 20,
         max_auth_failures: 3,
+        max_junk_commands: 100,
     }
 }
 
@@ -663,4 +664,28 @@ fn data_phase_is_reported_for_timeouts() {
     assert!(h.s.in_message_data());
     h.send(b".\r\n");
     assert!(!h.s.in_message_data());
+}
+
+#[test]
+fn commands_without_mail_are_limited_between_messages() {
+    let mut cfg = config(Role::Smtp);
+    cfg.max_junk_commands = 4;
+    let mut h = Harness::with(cfg, None);
+    h.send(b"EHLO client.test\r\n");
+    for cmd in ["NOOP", "RSET", "VRFY alice", "HELP"] {
+        assert!(!h.send(format!("{cmd}\r\n").as_bytes()).starts_with("421"));
+    }
+    // An accepted message starts the count over.
+    h.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n");
+    assert!(h.send(b"x\r\n.\r\n").starts_with("250 2.0.0"));
+    for _ in 0..4 {
+        assert!(h.send(b"NOOP\r\n").starts_with("250 "));
+    }
+    assert!(!h.closed);
+    let r = h.send(b"NOOP\r\n");
+    assert!(
+        r.starts_with("421 4.7.0 Too many commands without mail"),
+        "{r}"
+    );
+    assert!(h.closed);
 }

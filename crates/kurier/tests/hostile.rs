@@ -201,3 +201,164 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as c:
     assert!(!log.contains('\x1b'), "a raw ESC in the log:\n{log:?}");
     assert!(!log.contains('\x07'), "a raw BEL in the log:\n{log:?}");
 }
+
+#[test]
+fn two_authors_and_a_looping_message_are_refused() {
+    let s = TestServer::default();
+    let send = |message: &str| {
+        let mut w = Wire::greeted(s.smtp);
+        assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+        assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+        assert!(w.cmd("DATA").starts_with("354 "));
+        w.send(format!("{message}\r\n.\r\n").as_bytes());
+        w.reply()
+    };
+    // A reader's program shows the first From:, DMARC and the sender check read one.
+    let r = send("From: ceo@bank.example\r\nFrom: a@example.test\r\n\r\nwire the money");
+    assert!(r.starts_with("554 5.6.0"), "{r}");
+    let r = send("From: a@example.test\r\nSender: x@example.test\r\nsender: y@e.test\r\n\r\nb");
+    assert!(r.starts_with("554 5.6.0"), "{r}");
+    let hops = "Received: from a by b; Thu, 3 Dec 2026 06:00:00 +0000\r\n";
+    let r = send(&format!(
+        "{}From: a@example.test\r\n\r\nloop",
+        hops.repeat(50)
+    ));
+    assert!(r.starts_with("554 5.4.6"), "{r}");
+    let r = send(&format!(
+        "{}From: a@example.test\r\n\r\nok",
+        hops.repeat(49)
+    ));
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    // "From:" in the body is not a header field.
+    let r = send("From: a@example.test\r\n\r\nFrom: b@example.test");
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert_eq!(s.wait_for_mail("localhost", "postmaster", 2).len(), 2);
+}
+
+/// Writes `bytes` one at a time, `gap` apart, until the server closes (bounded by the
+/// length of `bytes`).
+fn trickle(
+    mut writer: std::net::TcpStream,
+    bytes: Vec<u8>,
+    gap: Duration,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for b in bytes {
+            if writer.write_all(&[b]).is_err() {
+                break;
+            }
+            std::thread::sleep(gap);
+        }
+    })
+}
+
+#[test]
+fn a_noop_every_moment_does_not_keep_a_session_open_for_ever() {
+    let s = TestServer::start("", "[limits]\njunk_commands = 100\n");
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("EHLO client.test").starts_with("250"));
+    for i in 0..100 {
+        let cmd = ["NOOP", "RSET", "HELP", "VRFY postmaster"][i % 4];
+        assert!(!w.cmd(cmd).starts_with("421"), "{cmd} #{i}");
+    }
+    let r = w.cmd("NOOP");
+    assert!(
+        r.starts_with("421 4.7.0 Too many commands without mail"),
+        "{r}"
+    );
+    // A client that sends mail may RSET between messages as often as it likes.
+    let mut w = Wire::greeted(s.smtp);
+    for _ in 0..150 {
+        assert!(w.cmd("RSET").starts_with("250 "));
+        assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+        assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+        assert!(w.cmd("DATA").starts_with("354 "));
+        w.send(b"Subject: x\r\n\r\nbody\r\n.\r\n");
+        assert!(w.reply().starts_with("250 2.0.0"));
+    }
+}
+
+#[test]
+fn message_data_trickled_below_the_minimum_rate_is_cut() {
+    // Each byte arrives well within data_timeout, but at 2 octets/s against 100 required:
+    // the whole message may take 3 s plus its size at 100/s.
+    let s = TestServer::start(
+        "",
+        "[limits]\ndata_timeout = \"3s\"\nmin_data_rate = 100\ncommand_timeout = \"5m\"\n",
+    );
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+    assert!(w.cmd("DATA").starts_with("354 "));
+    let started = Instant::now();
+    let t = trickle(
+        w.stream.try_clone().unwrap(),
+        vec![b'x'; 60],
+        Duration::from_millis(500),
+    );
+    let r = w.reply();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(15), "cut after {elapsed:?}");
+    t.join().unwrap();
+    assert!(s.queued().is_empty());
+}
+
+#[test]
+fn a_stalled_tls_handshake_is_cut_before_the_command_timeout() {
+    let s = TestServer::start("", "[limits]\ntls_handshake_timeout = \"1s\"\n");
+    // Implicit TLS: the first five bytes of a ClientHello record, then nothing.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.submissions)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    let mut rest = Vec::new();
+    use std::io::Read;
+    let _ = c.read_to_end(&mut rest);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "held for {elapsed:?}");
+    // STARTTLS: the same deadline.
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("EHLO client.test").starts_with("250"));
+    assert!(w.cmd("STARTTLS").starts_with("220"));
+    let started = Instant::now();
+    w.send(&[0x16, 0x03, 0x01]);
+    let mut rest = Vec::new();
+    w.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = w.stream.read_to_end(&mut rest);
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "held for {elapsed:?}");
+    assert!(s.log().contains("TLS handshake timeout"));
+}
+
+#[test]
+fn near_the_connection_limit_idle_clients_get_short_timeouts() {
+    let s = TestServer::start("", "[limits]\nconnections = 5\ncommand_timeout = \"5m\"\n");
+    // Every slot held by a client that says nothing: stress (80% or more of the limit)
+    // cuts their 5-minute command timeout to seconds, until the load is below 80% again
+    // (at least two of five go).
+    let started = Instant::now();
+    let idle: Vec<_> = (0..5)
+        .map(|_| {
+            let mut w = Wire::greeted(s.smtp);
+            std::thread::spawn(move || {
+                w.stream
+                    .set_read_timeout(Some(Duration::from_secs(25)))
+                    .unwrap();
+                w.reply()
+            })
+        })
+        .collect();
+    let cut = idle
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|r| r.starts_with("421 4.4.2"))
+        .count();
+    assert!(cut >= 2, "{cut} cut");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // Slots are free again: a new client is served.
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("NOOP").starts_with("250"));
+}

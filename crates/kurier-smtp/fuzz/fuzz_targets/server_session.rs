@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
         max_recipients: 5,
         max_errors: 10,
         max_auth_failures: 3,
+        max_junk_commands: 5,
     };
     let tls = (role == Role::Submissions).then(|| TlsInfo {
         version: "TLSv1.3".into(),

@@ -170,6 +170,17 @@ pub struct Limits {
     /// Idle time allowed while receiving message data.
     #[serde(with = "humantime_serde")]
     pub data_timeout: Duration,
+    /// Message data must arrive at this many octets per second on average (0: no
+    /// minimum): a message may take `data_timeout` plus its size divided by this rate, so
+    /// a client trickling a byte now and then cannot hold a connection for ever.
+    pub min_data_rate: u64,
+    /// Time for a TLS handshake (implicit TLS and STARTTLS); a client stalled in its
+    /// ClientHello is cut off sooner than an idle one.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// NOOP, RSET, VRFY and HELP commands allowed between accepted messages (0: no limit);
+    /// one more closes the connection with `421 4.7.0`.
+    pub junk_commands: u32,
     /// Protocol errors after which a connection is closed.
     pub errors: u32,
     /// Failed AUTH attempts after which a connection is closed.
@@ -183,6 +194,9 @@ pub struct Limits {
     /// On shutdown, how long transactions in progress may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A message that already has this many `Received:` fields is refused (554 5.4.6):
+    /// it is looping (RFC 5321 §6.3).
+    pub hops: usize,
 }
 
 /// Delivery settings.
@@ -480,11 +494,15 @@ impl Default for Limits {
             messages_per_minute: 0,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
+            min_data_rate: 500,
+            tls_handshake_timeout: Duration::from_secs(30),
+            junk_commands: 100,
             errors: 20,
             auth_failures: 3,
             auth_failures_per_ip: 10,
             auth_failure_window: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(30),
+            hops: 50,
         }
     }
 }

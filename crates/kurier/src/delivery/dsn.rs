@@ -13,6 +13,8 @@ use kurier_smtp::command::encode_xtext;
 use kurier_smtp::{EnhancedCode, Mailbox, OriginalRecipient};
 use kurier_spool::DiagnosticType;
 
+use crate::header::header_section;
+
 /// The kind of report for one recipient (RFC 3464 §2.3.3 Action).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsnAction {
@@ -81,14 +83,6 @@ pub struct DsnInput<'a> {
     pub headers_only: bool,
     /// The original is internationalized (SMTPUTF8): use the RFC 6533 types.
     pub utf8: bool,
-}
-
-/// The header section of a message (up to the first empty line), CRLF ends.
-pub fn header_section(message: &[u8]) -> &[u8] {
-    match message.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => &message[..i + 2],
-        None => message,
-    }
 }
 
 /// The Message-ID of a message, if it has one.

@@ -18,6 +18,8 @@ use tokio::time::error::Elapsed;
 use tokio_rustls::TlsStream;
 
 use super::Inbound;
+use super::read_clock::ReadClock;
+use crate::load::STRESS_TIMEOUT;
 use crate::maillog;
 use crate::policy::{Client, Transaction};
 use crate::shutdown::Shutdown;
@@ -113,11 +115,13 @@ fn session_config(inbound: &Inbound, role: Role) -> SessionConfig {
         max_recipients: l.recipients,
         max_errors: l.errors,
         max_auth_failures: l.auth_failures,
+        max_junk_commands: l.junk_commands,
     }
 }
 
 /// The TLS handshake, for implicit TLS (RFC 8314 §3.3) and after STARTTLS (RFC 3207) alike,
-/// bounded by the command timeout (a client that never speaks must not hold the slot).
+/// bounded by its own timeout (cut under stress): a client that never finishes its
+/// ClientHello must not hold the slot.
 async fn handshake(
     inbound: &Inbound,
     peer: SocketAddr,
@@ -126,7 +130,10 @@ async fn handshake(
     let Some(acceptor) = inbound.tls.clone() else {
         return Err(End::NoCertificate);
     };
-    match tokio::time::timeout(inbound.config.limits.command_timeout, acceptor.accept(tcp)).await {
+    let limit = inbound
+        .load
+        .timeout(inbound.config.limits.tls_handshake_timeout);
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => {
             let info = tls::session_info(s.get_ref().1);
             Ok((Conn::Tls(Box::new(TlsStream::Server(s))), info))
@@ -211,10 +218,7 @@ impl Driver<'_> {
     async fn serve(&mut self, mut conn: Conn, shutdown: &Shutdown) -> End {
         let limits = &self.inbound.config.limits;
         let mut buf = vec![0u8; READ_BUFFER_SMALL];
-        // RFC 5321 §4.5.3.2.7: the time for a whole command, from our last reply, not per
-        // read, so a client trickling one byte at a time (slowloris) is cut off like an
-        // idle one.
-        let mut command_deadline = tokio::time::Instant::now() + limits.command_timeout;
+        let mut clock = ReadClock::new(Instant::now());
         loop {
             while let Some(action) = self.session.poll_action() {
                 match action {
@@ -240,18 +244,20 @@ impl Driver<'_> {
                     return End::WriteError;
                 }
                 self.out.clear();
-                command_deadline = tokio::time::Instant::now() + limits.command_timeout;
+                clock.replied(Instant::now());
             }
             self.summary.helo = self.session.helo().map(str::to_string);
-            let timeout = if self.session.in_message_data() {
-                limits.data_timeout
-            } else {
-                command_deadline.saturating_duration_since(tokio::time::Instant::now())
-            };
+            let in_data = self.session.in_message_data();
+            let stressed = self.inbound.load.stressed();
+            let timeout = clock.timeout(Instant::now(), in_data, limits, stressed);
+            // Long waits are cut into slices, so a session that began before the server
+            // came under stress learns of it and gets the short timeout.
+            let slice = timeout.min(STRESS_TIMEOUT);
+            let more_time = slice < timeout;
             let idle = self.session.is_idle();
-            let read = tokio::time::timeout(timeout, conn.read(&mut buf));
+            let read = tokio::time::timeout(slice, conn.read(&mut buf));
             let ended = tokio::select! {
-                read = read => self.received(read, &mut buf, idle),
+                read = read => self.received(read, &mut buf, (idle, more_time), &mut clock),
                 _ = shutdown.stop.cancelled(), if idle => self.shutting_down(),
                 _ = shutdown.abort.cancelled() => self.shutting_down(),
             };
@@ -263,16 +269,19 @@ impl Driver<'_> {
 
     /// Feeds what was read to the session and sizes the buffer for the next read: larger
     /// once a read fills it (message data), small again when the session is idle. A read
-    /// that timed out closes the session with 421; `Some` when the connection is gone.
+    /// that timed out closes the session with 421 unless only a slice of its time is over
+    /// (`more_time`); `Some` when the connection is gone.
     fn received(
         &mut self,
         read: Result<io::Result<usize>, Elapsed>,
         buf: &mut Vec<u8>,
-        idle: bool,
+        (idle, more_time): (bool, bool),
+        clock: &mut ReadClock,
     ) -> Option<End> {
         match read {
             Ok(Ok(0)) => Some(End::ClientDisconnected),
             Ok(Ok(n)) => {
+                clock.read(n);
                 self.session.receive(&buf[..n]);
                 if n == buf.len() && buf.len() < READ_BUFFER {
                     buf.resize(READ_BUFFER, 0);
@@ -282,6 +291,7 @@ impl Driver<'_> {
                 None
             }
             Ok(Err(_)) => Some(End::ReadError),
+            Err(_) if more_time => None,
             Err(_) => {
                 self.timed_out();
                 None

@@ -18,9 +18,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::delivery::DeliveryHandle;
 use crate::dkim::Signers;
+use crate::load::Load;
 use crate::policy::Policy;
 
 pub mod driver;
+mod read_clock;
 pub mod receive;
 
 pub use driver::serve;
@@ -39,4 +41,6 @@ pub struct Inbound {
     pub delivery: DeliveryHandle,
     /// DKIM keys of the local domains (submissions are signed).
     pub signers: Arc<Signers>,
+    /// Open connections against the limit: near it, timeouts are cut.
+    pub load: Arc<Load>,
 }

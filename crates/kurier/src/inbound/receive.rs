@@ -9,6 +9,7 @@ use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, SpoolErro
 
 use super::Inbound;
 use crate::maillog;
+use crate::policy::header_fields;
 use crate::policy::sender_auth::strip_forged;
 use crate::policy::{Client, Transaction};
 use crate::time::rfc5322;
@@ -33,6 +34,7 @@ pub async fn commit(
     tx: &mut Transaction,
     message: Message,
 ) -> Result<String, Reply> {
+    header_fields::check(&message.body, inbound.config.limits.hops)?;
     if let Some(user) = &message.auth_user {
         inbound.policy.check_from_header(user, &message.body)?;
     }

@@ -28,6 +28,7 @@ use crate::time::Clock;
 
 pub mod dnsbl;
 pub mod greylist;
+pub mod header_fields;
 pub mod sender_auth;
 pub mod spf;
 pub mod spf_record;
@@ -258,24 +259,25 @@ impl Policy {
         verdict
     }
 
-    /// The From: addresses of a message an authenticated user submits must be theirs too
-    /// (RFC 5322 §3.6.2), or the sender check could be dodged in the header readers see.
+    /// The From: and Sender: addresses of a message an authenticated user submits must be
+    /// theirs too (RFC 5322 §3.6.2), or the sender check could be dodged in the header
+    /// readers see. (More than one of either is refused before, by [`header_fields`].)
     pub fn check_from_header(&self, user: &str, message: &[u8]) -> Result<(), Reply> {
         let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
             return Ok(());
         };
-        let Some(from) = parsed.from() else {
-            return Ok(());
-        };
-        for addr in from.iter() {
-            let text = addr.address().unwrap_or_default();
-            let owned = Mailbox::parse(text).is_ok_and(|m| self.directory.may_send_as(user, &m));
-            if !owned {
-                return Err(Reply::new(
-                    553,
-                    codes::NOT_AUTHORIZED,
-                    format!("From: address <{text}> not owned by user {user}"),
-                ));
+        for (name, field) in [("From:", parsed.from()), ("Sender:", parsed.sender())] {
+            for addr in field.into_iter().flat_map(|f| f.iter()) {
+                let text = addr.address().unwrap_or_default();
+                let owned =
+                    Mailbox::parse(text).is_ok_and(|m| self.directory.may_send_as(user, &m));
+                if !owned {
+                    return Err(Reply::new(
+                        553,
+                        codes::NOT_AUTHORIZED,
+                        format!("{name} address <{text}> not owned by user {user}"),
+                    ));
+                }
             }
         }
         Ok(())

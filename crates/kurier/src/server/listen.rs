@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::inbound::{self, Inbound};
+use crate::load::Load;
 use crate::maillog;
 use crate::policy::throttle::RateLimit;
 use crate::shutdown::Shutdown;
@@ -25,6 +26,8 @@ pub(super) struct Limiter {
     total: usize,
     per_ip: usize,
     state: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// The count the sessions read (stress mode).
+    load: Arc<Load>,
 }
 
 struct Permit {
@@ -33,11 +36,12 @@ struct Permit {
 }
 
 impl Limiter {
-    pub(super) fn new(total: usize, per_ip: usize) -> Arc<Limiter> {
+    pub(super) fn new(total: usize, per_ip: usize, load: Arc<Load>) -> Arc<Limiter> {
         Arc::new(Limiter {
             total,
             per_ip,
             state: Mutex::new((0, HashMap::new())),
+            load,
         })
     }
 
@@ -60,6 +64,7 @@ impl Limiter {
         }
         *n += 1;
         s.0 += 1;
+        self.load.opened();
         Ok(Permit {
             limiter: self.clone(),
             ip,
@@ -71,6 +76,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let mut s = self.limiter.state.lock().unwrap_or_else(|p| p.into_inner());
         s.0 = s.0.saturating_sub(1);
+        self.limiter.load.closed();
         if let Some(n) = s.1.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

@@ -30,6 +30,7 @@ use crate::dkim::Signers;
 use crate::dns::MxResolver;
 use crate::fsutil;
 use crate::inbound::Inbound;
+use crate::load::Load;
 use crate::maillog;
 use crate::policy::Policy;
 use crate::policy::greylist::Greylist;
@@ -261,6 +262,7 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
         message_rate: RateLimit::per_minute(config.limits.messages_per_minute),
         clock: Arc::new(SystemClock),
     };
+    let load = Arc::new(Load::new(config.limits.connections));
     let inbound = Arc::new(Inbound {
         config: config.clone(),
         policy,
@@ -268,8 +270,10 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
         tls,
         delivery,
         signers,
+        load: load.clone(),
     });
-    let limiter = listen::Limiter::new(config.limits.connections, config.limits.connections_per_ip);
+    let limits = &config.limits;
+    let limiter = listen::Limiter::new(limits.connections, limits.connections_per_ip, load);
     let addresses = listeners
         .iter()
         .map(|(l, role)| l.local_addr().map(|a| (*role, a)))

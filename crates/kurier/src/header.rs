@@ -1,0 +1,89 @@
+//! The header section of a message as it arrived (RFC 5322 §2.2): where it ends, and its
+//! fields one by one with their names, unfolded. A leaf: the policy, inbound and DSN code
+//! read header fields through it, so they agree on what a field is.
+
+/// The header section, through the CRLF that ends its last field (RFC 5322 §2.1: it ends
+/// at the first empty line). A message that starts with an empty line has none; one with no
+/// empty line is all header.
+pub fn header_section(message: &[u8]) -> &[u8] {
+    if message.starts_with(b"\r\n") {
+        return &[];
+    }
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => &message[..i + 2],
+        None => message,
+    }
+}
+
+/// One header field: its name (without trailing white space, RFC 5322 §4.5.3 allows some
+/// before the colon) and its raw value, folding included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field<'a> {
+    /// The field name as written.
+    pub name: &'a [u8],
+    /// Everything after the colon up to the CRLF that ends the field.
+    pub value: &'a [u8],
+}
+
+impl Field<'_> {
+    /// The name compared without regard to case (RFC 5322 §1.2.2).
+    pub fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name.as_bytes())
+    }
+}
+
+/// The fields of a header section. A line that is neither a field nor a continuation
+/// (no colon) is skipped, as readers do.
+pub fn fields(header: &[u8]) -> impl Iterator<Item = Field<'_>> {
+    let mut rest = header;
+    std::iter::from_fn(move || {
+        loop {
+            if rest.is_empty() {
+                return None;
+            }
+            // The field runs to a CRLF not followed by white space (RFC 5322 §2.2.3).
+            let mut end = rest.len();
+            let mut i = 0;
+            while let Some(p) = rest[i..].windows(2).position(|w| w == b"\r\n") {
+                let at = i + p;
+                if !matches!(rest.get(at + 2), Some(b' ' | b'\t')) {
+                    end = at;
+                    break;
+                }
+                i = at + 2;
+            }
+            let line = &rest[..end];
+            rest = rest.get(end + 2..).unwrap_or_default();
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                let name = line[..colon].trim_ascii_end();
+                if !name.is_empty() && !name.starts_with(b" ") && !name.starts_with(b"\t") {
+                    return Some(Field {
+                        name,
+                        value: &line[colon + 1..],
+                    });
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_and_fields() {
+        let m =
+            b"From: a@b\r\nSubject: one\r\n two\r\nReceived : x\r\nno colon\r\n\r\nFrom: body\r\n";
+        let h = header_section(m);
+        assert!(h.ends_with(b"x\r\nno colon\r\n"));
+        let f: Vec<_> = fields(h).collect();
+        assert_eq!(f.len(), 3);
+        assert!(f[0].is("from") && f[0].value == b" a@b");
+        assert_eq!(f[1].value, b" one\r\n two");
+        assert!(f[2].is("Received"));
+        assert!(header_section(b"\r\nFrom: body\r\n").is_empty());
+        assert_eq!(header_section(b"From: x\r\n"), b"From: x\r\n");
+        assert_eq!(fields(b"A: 1\r\n\tcont").count(), 1);
+    }
+}

@@ -1,0 +1,85 @@
+//! Header fields that make a message unsafe to accept, on every listener: more than one
+//! From: or Sender: (RFC 5322 §3.6 allows one; with two, a reader's program shows one
+//! author while DMARC and the sender check read the other), and more Received: fields than
+//! the hop limit (RFC 5321 §6.3: a loop is ended by counting hops, 5.4.6).
+
+use kurier_smtp::{EnhancedCode, Reply, codes};
+
+use crate::header::{fields, header_section};
+
+/// RFC 3463: routing loop detected.
+const LOOP: EnhancedCode = EnhancedCode(5, 4, 6);
+
+/// How often the fields that decide occur in a header section.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FieldCounts {
+    /// From: fields.
+    pub from: usize,
+    /// Sender: fields.
+    pub sender: usize,
+    /// Received: fields (hops so far).
+    pub received: usize,
+}
+
+/// Counts From:, Sender: and Received: in the message's header section.
+pub fn count(message: &[u8]) -> FieldCounts {
+    let mut c = FieldCounts::default();
+    for f in fields(header_section(message)) {
+        if f.is("from") {
+            c.from += 1;
+        } else if f.is("sender") {
+            c.sender += 1;
+        } else if f.is("received") {
+            c.received += 1;
+        }
+    }
+    c
+}
+
+/// Refuses a message with repeated author fields or with `hop_limit` or more hops
+/// (`hop_limit` counts the Received: field we are about to add).
+pub fn check(message: &[u8], hop_limit: usize) -> Result<(), Reply> {
+    let c = count(message);
+    for (name, n) in [("From:", c.from), ("Sender:", c.sender)] {
+        if n > 1 {
+            return Err(Reply::new(
+                554,
+                codes::MEDIA,
+                format!("Message has {n} {name} header fields; RFC 5322 section 3.6 allows one"),
+            ));
+        }
+    }
+    if c.received >= hop_limit {
+        return Err(Reply::new(
+            554,
+            LOOP,
+            format!(
+                "Too many hops ({} Received: header fields), mail loop?",
+                c.received
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn repeated_authors_and_hops() {
+        assert!(check(b"From: a@x\r\nSender: b@x\r\n\r\nFrom: c@y\r\n", 50).is_ok());
+        let two = check(b"From: a@x\r\nSubject: s\r\nfrom : c@y\r\n\r\n", 50).unwrap_err();
+        assert_eq!((two.code, two.enhanced), (554, Some(codes::MEDIA)));
+        assert!(check(b"Sender: a@x\r\nSENDER: b@y\r\n\r\n", 50).is_err());
+        // A folded second From: is still a field; a continuation line is not.
+        assert!(check(b"From: a@x\r\nFrom:\r\n c@y\r\n\r\n", 50).is_err());
+        assert!(check(b"From: a@x,\r\n From: c@y\r\n\r\n", 50).is_ok());
+        let hops = "Received: from h by h; d\r\n".repeat(49);
+        assert!(check(format!("{hops}\r\n").as_bytes(), 50).is_ok());
+        let hops = "Received: from h by h; d\r\n".repeat(50);
+        let r = check(format!("{hops}\r\n").as_bytes(), 50).unwrap_err();
+        assert_eq!((r.code, r.enhanced), (554, Some(LOOP)));
+    }
+}
