@@ -458,7 +458,9 @@ fn parse_auth(args: &str) -> Result<Command, CommandError> {
 }
 
 /// Decodes RFC 3461 §4 xtext (`+XX` hex escapes); raw UTF-8 is accepted as well, as
-/// SMTPUTF8 clients send it (RFC 6533 §3). Returns None on a malformed escape.
+/// SMTPUTF8 clients send it (RFC 6533 §3). Returns None on a malformed escape, and on an
+/// escape that decodes to a control character: ENVID and ORCPT are printable text (RFC
+/// 3461 §4.2, §4.4), and a CR or LF in them would reach DSNs and logs.
 pub fn decode_xtext(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -484,7 +486,8 @@ pub fn decode_xtext(s: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    let text = String::from_utf8(out).ok()?;
+    (!text.chars().any(char::is_control)).then_some(text)
 }
 
 /// Encodes text as RFC 3461 xtext, for writing ORCPT/ENVID onward or into DSNs.
@@ -756,6 +759,11 @@ mod tests {
         assert_eq!(decode_xtext("a+2"), None);
         assert_eq!(decode_xtext("a+2b"), None, "hex digits must be upper case");
         assert_eq!(decode_xtext("a=b"), None);
+        // Control characters, escaped or not, are refused: they would reach DSNs and logs.
+        assert_eq!(decode_xtext("e1+0D+0AX-Injected:+20yes"), None);
+        assert_eq!(decode_xtext("a+1B[2J"), None);
+        assert_eq!(decode_xtext("a+7F"), None);
+        assert_eq!(decode_xtext("a+C2+9B"), None, "a C1 control in UTF-8");
     }
 
     #[test]

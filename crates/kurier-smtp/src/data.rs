@@ -261,16 +261,37 @@ impl DataDecoder {
 }
 
 /// Dot-stuffs a message for sending with DATA (RFC 5321 §4.5.2): the inverse of the decoder,
-/// used by the SMTP client and by tests. The input must end with CRLF.
+/// used by the SMTP client and by tests.
+///
+/// Line ends are normalised on the way out, so that nothing a caller passes can be sent as
+/// a bare CR or LF (RFC 5321 §2.3.8) or end the data early: a CR or LF that is not part of
+/// a CRLF becomes CRLF, and a missing final CRLF is added. (Mail accepted by the decoder has
+/// none of these; the rule holds by construction for anything else, such as reports.)
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 8);
     let mut at_line_start = true;
-    for &b in message {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
+    let mut i = 0;
+    while i < message.len() {
+        match message[i] {
+            b'\r' | b'\n' => {
+                if message[i] == b'\r' && message.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                out.extend_from_slice(b"\r\n");
+                at_line_start = true;
+            }
+            b => {
+                if at_line_start && b == b'.' {
+                    out.push(b'.');
+                }
+                out.push(b);
+                at_line_start = false;
+            }
         }
-        out.push(b);
-        at_line_start = b == b'\n';
+        i += 1;
+    }
+    if !at_line_start {
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
     out
@@ -315,6 +336,23 @@ mod tests {
             assert!(fed.complete);
             assert_eq!(body, Ok(m.to_vec()));
         }
+    }
+
+    #[test]
+    fn stuffing_never_sends_a_bare_cr_or_lf() {
+        let hostile: &[u8] = b"a\r.\r\nMAIL FROM:<x@y>\n.\nb\r\n\rc";
+        let out = dot_stuff(hostile);
+        assert_eq!(
+            out,
+            b"a\r\n..\r\nMAIL FROM:<x@y>\r\n..\r\nb\r\n\r\nc\r\n.\r\n".to_vec()
+        );
+        let (body, fed) = decode(&out);
+        assert!(fed.complete && fed.consumed == out.len());
+        assert_eq!(
+            body,
+            Ok(b"a\r\n.\r\nMAIL FROM:<x@y>\r\n.\r\nb\r\n\r\nc\r\n".to_vec())
+        );
+        assert_eq!(dot_stuff(b"no end"), b"no end\r\n.\r\n".to_vec());
     }
 
     #[test]

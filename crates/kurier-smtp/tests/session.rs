@@ -689,3 +689,23 @@ fn commands_without_mail_are_limited_between_messages() {
     );
     assert!(h.closed);
 }
+
+#[test]
+fn envid_and_orcpt_with_control_characters_are_refused() {
+    let mut h = Harness::new(Role::Smtp);
+    h.send(b"EHLO client.test\r\n");
+    let r = h.send(b"MAIL FROM:<a@b.test> ENVID=e1+0D+0AX-Injected:+20yes\r\n");
+    assert!(r.starts_with("501 5.5.4"), "{r}");
+    assert!(
+        h.send(b"MAIL FROM:<a@b.test> ENVID=e1\r\n")
+            .starts_with("250")
+    );
+    let r = h.send(b"RCPT TO:<u@mx.test> ORCPT=rfc822;u+0D+0A.+0D+0A@mx.test\r\n");
+    assert!(r.starts_with("501 5.5.4"), "{r}");
+    let r = h.send(b"RCPT TO:<u@mx.test> ORCPT=rfc822;u+1B@mx.test\r\n");
+    assert!(r.starts_with("501 5.5.4"), "{r}");
+    assert!(
+        h.send(b"RCPT TO:<u@mx.test> ORCPT=rfc822;u@mx.test\r\n")
+            .starts_with("250")
+    );
+}
