@@ -362,3 +362,76 @@ fn near_the_connection_limit_idle_clients_get_short_timeouts() {
     let mut w = Wire::greeted(s.smtp);
     assert!(w.cmd("NOOP").starts_with("250"));
 }
+
+#[test]
+fn an_auth_flood_from_many_addresses_does_not_take_the_memory() {
+    // 150 clients, each from its own loopback address (so no per-address limit applies),
+    // start AUTH at once; each password check (Argon2) needs about 19 MiB.
+    let s = TestServer::start("", "[limits]\nconnections_per_ip = 200\n");
+    let before = peak_rss_kb(s.pid());
+    let script = r#"
+import smtplib, ssl, sys, threading
+port = int(sys.argv[1])
+results = []
+def one(i):
+    try:
+        src = "127.0.%d.%d" % (1 + i // 200, 2 + i % 200)
+        c = smtplib.SMTP("127.0.0.1", port, timeout=120, source_address=(src, 0))
+        ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+        c.starttls(context=ctx)
+        try:
+            c.login("nobody%d@localhost" % i, "wrong")
+            results.append("accepted")
+        except smtplib.SMTPAuthenticationError as e:
+            results.append(str(e.smtp_code))
+        c.close()
+    except Exception as e:
+        results.append("error " + repr(e))
+threads = [threading.Thread(target=one, args=(i,)) for i in range(150)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(" ".join(sorted(set(results))))
+print(len(results))
+"#;
+    let out = run_ok(Command::new("python3").args(["-c", script, &s.submission.to_string()]));
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("535"), "{out}");
+    assert_eq!(lines.next(), Some("150"), "{out}");
+    let grown = peak_rss_kb(s.pid()).saturating_sub(before);
+    assert!(
+        grown < 300 * 1024,
+        "peak RSS grew by {grown} kB for 150 parallel AUTH"
+    );
+    eprintln!("150 parallel AUTH: peak RSS grew by {grown} kB");
+}
+
+#[test]
+fn parallel_auth_attempts_from_one_address_run_into_the_limit() {
+    let s = TestServer::start(
+        "",
+        "[limits]\nauth_failures_per_ip = 5\nconnections_per_ip = 100\n",
+    );
+    let script = r#"
+import smtplib, ssl, sys, threading
+port = int(sys.argv[1])
+results = []
+def one(i):
+    c = smtplib.SMTP("127.0.0.1", port, timeout=120)
+    ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+    c.starttls(context=ctx)
+    try:
+        c.login("nobody%d@localhost" % i, "wrong")
+    except smtplib.SMTPAuthenticationError as e:
+        results.append(e.smtp_code)
+    c.close()
+threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(results.count(535), results.count(454))
+"#;
+    let out = run_ok(Command::new("python3").args(["-c", script, &s.submission.to_string()]));
+    let counts: Vec<usize> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    // At most the limit's worth of passwords were checked; the rest were throttled.
+    assert!(counts[0] <= 5, "{out}");
+    assert_eq!(counts[0] + counts[1], 40, "{out}");
+}

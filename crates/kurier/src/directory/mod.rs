@@ -15,12 +15,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use argon2::{Argon2, PasswordVerifier};
 use kurier_smtp::{Domain, Mailbox};
 
 use crate::config::Config;
 use crate::data_dir::DataDir;
 
+pub mod password;
 pub mod users;
 
 /// The users file, cached and reloaded when it changes.
@@ -226,12 +226,10 @@ impl Directory {
             return false;
         };
         match self.password_hash(&address_key(&m)) {
-            Some(hash) => Argon2::default()
-                .verify_password(password.as_bytes(), hash.as_str())
-                .is_ok(),
+            Some(hash) => password::verify(password.as_bytes(), &hash),
             None => {
                 // Spend the same time for unknown users, so timing does not reveal them.
-                let _ = Argon2::default().verify_password(password.as_bytes(), DUMMY_HASH);
+                let _ = password::verify(password.as_bytes(), DUMMY_HASH);
                 false
             }
         }

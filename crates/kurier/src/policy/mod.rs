@@ -44,6 +44,9 @@ use throttle::{AuthThrottle, RateLimit};
 /// server then means no exemption (the client is greylisted and retries), not a stall.
 pub const GREYLIST_SPF_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Password checks that may run at once: as many as the pool has memory for.
+pub const PASSWORD_CHECKS: usize = crate::directory::password::POOLED;
+
 /// The policy and the state it keeps across connections.
 pub struct Policy {
     /// The configuration.
@@ -60,6 +63,8 @@ pub struct Policy {
     pub message_rate: RateLimit,
     /// Where greylisting's "now" comes from (fixed in tests).
     pub clock: Arc<dyn Clock>,
+    /// Password checks running at once (see [`PASSWORD_CHECKS`]).
+    pub password_checks: tokio::sync::Semaphore,
 }
 
 /// Who is asking: facts of the connection that decisions depend on.
@@ -241,22 +246,36 @@ impl Policy {
             maillog::auth_throttled(ip, username);
             return AuthVerdict::Throttled;
         }
+        // Counted as failed until it is known not to be: parallel attempts from one client
+        // run into the limit while their passwords are still being checked.
+        self.auth_throttle.failed(ip);
         let verdict = if let Some(other) = authzid {
             maillog::auth_as_other_refused(ip, username, other);
             AuthVerdict::BadCredentials
         } else {
-            let (dir, user) = (self.directory.clone(), username.to_string());
-            match tokio::task::spawn_blocking(move || dir.verify_password(&user, &password)).await {
-                Ok(true) => AuthVerdict::Success,
-                Ok(false) => AuthVerdict::BadCredentials,
-                Err(_) => AuthVerdict::Unavailable,
-            }
+            self.verify_password(username, password).await
         };
         if verdict == AuthVerdict::BadCredentials {
-            self.auth_throttle.failed(ip);
             maillog::auth_failed(ip, username);
+        } else {
+            self.auth_throttle.forgive(ip);
         }
         verdict
+    }
+
+    /// The password check (Argon2, about 19 MiB and tens of milliseconds each), at most
+    /// [`PASSWORD_CHECKS`] at a time whatever the number of clients, so that a flood of AUTH
+    /// attempts cannot take the memory or every thread of the blocking pool.
+    async fn verify_password(&self, username: &str, password: String) -> AuthVerdict {
+        let Ok(_permit) = self.password_checks.acquire().await else {
+            return AuthVerdict::Unavailable;
+        };
+        let (dir, user) = (self.directory.clone(), username.to_string());
+        match tokio::task::spawn_blocking(move || dir.verify_password(&user, &password)).await {
+            Ok(true) => AuthVerdict::Success,
+            Ok(false) => AuthVerdict::BadCredentials,
+            Err(_) => AuthVerdict::Unavailable,
+        }
     }
 
     /// The From: and Sender: addresses of a message an authenticated user submits must be

@@ -37,6 +37,7 @@ fn policy(extra: &str) -> (tempfile::TempDir, Policy, Arc<FixedClock>) {
         ),
         message_rate: RateLimit::per_minute(config.limits.messages_per_minute),
         clock: clock.clone(),
+        password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS),
         config: Arc::new(config),
     };
     (dir, policy, clock)

@@ -3,11 +3,27 @@
 //! messages per minute.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Failed AUTH attempts per client address within a window.
+/// The client a per-address limit counts: an IPv4 address as it is, an IPv6 address by its
+/// /64 (RFC 4291 §2.5.4: one site's subnet, from which a client rotates addresses at will),
+/// an IPv4-mapped IPv6 address as the IPv4 address.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Failed AUTH attempts per client (see [`client_key`]) within a window.
 pub struct AuthThrottle {
     limit: u32,
     window: Duration,
@@ -27,6 +43,7 @@ impl AuthThrottle {
     /// When `ip` is over the limit: the delay to impose before refusing (it grows with every
     /// further attempt, up to 10 s). `None` when the attempt may be checked.
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+        let ip = client_key(ip);
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let (count, since) = *f.get(&ip)?;
         if since.elapsed() > self.window {
@@ -41,8 +58,9 @@ impl AuthThrottle {
         })
     }
 
-    /// Records a failed attempt.
+    /// Records a failed attempt (or one in flight: see [`AuthThrottle::forgive`]).
     pub fn failed(&self, ip: IpAddr) {
+        let ip = client_key(ip);
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         // Old entries go when the map grows, so it cannot be used to exhaust memory.
         if f.len() > 100_000 {
@@ -55,9 +73,19 @@ impl AuthThrottle {
         }
         e.0 += 1;
     }
+
+    /// Takes back one recorded attempt: an attempt is counted as failed from its start, so
+    /// that many parallel attempts from one client run into the limit before their
+    /// passwords are checked, and forgiven when it did not fail.
+    pub fn forgive(&self, ip: IpAddr) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = f.get_mut(&client_key(ip)) {
+            e.0 = e.0.saturating_sub(1);
+        }
+    }
 }
 
-/// Events per client address per minute (fixed one-minute windows). A limit of 0 means off.
+/// Events per client (see [`client_key`]) per minute (fixed one-minute windows). A limit of 0 means off.
 pub struct RateLimit {
     limit: u32,
     counts: Mutex<HashMap<IpAddr, (u32, Instant)>>,
@@ -77,6 +105,7 @@ impl RateLimit {
         if self.limit == 0 {
             return true;
         }
+        let ip = client_key(ip);
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if c.len() > 100_000 {
             c.retain(|_, (_, since)| since.elapsed() < Duration::from_secs(60));
@@ -118,5 +147,29 @@ mod tests {
         let second = t.blocked(ip);
         assert!(first.is_some() && second > first, "{first:?} {second:?}");
         assert_eq!(t.blocked(other), None, "other clients are not affected");
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let r = RateLimit::per_minute(2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        let b: IpAddr = "2001:db8:1:2:ffff::9"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 4]));
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert!(r.allow(a) && r.allow(b));
+        assert!(
+            !r.allow(b),
+            "a rotated address of the same /64 is the same client"
+        );
+        assert!(r.allow(c));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert_eq!(client_key(mapped), IpAddr::from([192, 0, 2, 1]));
+        let t = AuthThrottle::new(1, Duration::from_secs(60));
+        t.failed(a);
+        t.forgive(b);
+        assert!(t.blocked(a).is_none(), "forgiven");
+        t.failed(a);
+        assert!(t.blocked(b).is_some());
     }
 }

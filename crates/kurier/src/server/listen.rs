@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::inbound::{self, Inbound};
 use crate::load::Load;
 use crate::maillog;
-use crate::policy::throttle::RateLimit;
+use crate::policy::throttle::{RateLimit, client_key};
 use crate::shutdown::Shutdown;
 
 /// How long a refused client gets to read its 421 before the connection is dropped.
@@ -46,6 +46,7 @@ impl Limiter {
     }
 
     fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Reply> {
+        let ip = client_key(ip);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.0 >= self.total {
             return Err(Reply::new(

@@ -18,6 +18,7 @@ use kurier_smtp::Role;
 use kurier_spool::{Spool, SpoolError};
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,9 +33,9 @@ use crate::fsutil;
 use crate::inbound::Inbound;
 use crate::load::Load;
 use crate::maillog;
-use crate::policy::Policy;
 use crate::policy::greylist::Greylist;
 use crate::policy::throttle::{AuthThrottle, RateLimit};
+use crate::policy::{PASSWORD_CHECKS, Policy};
 use crate::shutdown::Shutdown;
 use crate::time::SystemClock;
 use crate::time::unix_now;
@@ -240,7 +241,11 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
                     _ = stop.cancelled() => true,
                 };
                 let g = g.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || g.save()).await {
+                let save = move || {
+                    g.expire(unix_now());
+                    g.save()
+                };
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(save).await {
                     tracing::warn!(error = %e, "cannot save the greylist");
                 }
                 if stopping {
@@ -261,6 +266,7 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
         auth_throttle,
         message_rate: RateLimit::per_minute(config.limits.messages_per_minute),
         clock: Arc::new(SystemClock),
+        password_checks: Semaphore::new(PASSWORD_CHECKS),
     };
     let load = Arc::new(Load::new(config.limits.connections));
     let inbound = Arc::new(Inbound {
