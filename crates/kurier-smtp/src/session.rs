@@ -978,6 +978,17 @@ impl ServerSession {
         password: String,
         authzid: Option<String>,
     ) {
+        // An identity is an address: a control character in it is an attack on the logs
+        // (a forged line for fail2ban) or a terminal, never a user.
+        let controls = |s: &str| s.chars().any(char::is_control);
+        if controls(&username) || authzid.as_deref().is_some_and(controls) {
+            self.phase = Phase::Command;
+            return self.refuse(Reply::new(
+                501,
+                codes::SYNTAX,
+                "Authentication identity contains control characters",
+            ));
+        }
         self.phase = Phase::Pending(Pending::Auth(username.clone()));
         self.actions.push_back(Action::Authenticate {
             mechanism,

@@ -709,3 +709,31 @@ fn envid_and_orcpt_with_control_characters_are_refused() {
             .starts_with("250")
     );
 }
+
+#[test]
+fn auth_identities_with_control_characters_are_refused_unchecked() {
+    use base64::Engine as _;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut h = Harness::with(config(Role::Submissions), Some(Harness::tls()));
+    h.send(b"EHLO client.test\r\n");
+    let plain = b64(b"\0alice@mx.test\nFORGED failure rhost=203.0.113.9\0secret");
+    let r = h.send(format!("AUTH PLAIN {plain}\r\n").as_bytes());
+    assert!(r.starts_with("501 5.5.2"), "{r}");
+    let authzid = b64(b"x\x1b[2J\0alice@mx.test\0secret");
+    let r = h.send(format!("AUTH PLAIN {authzid}\r\n").as_bytes());
+    assert!(r.starts_with("501 5.5.2"), "{r}");
+    assert!(h.send(b"AUTH LOGIN\r\n").starts_with("334"));
+    assert!(
+        h.send(format!("{}\r\n", b64(b"alice\r@mx.test")).as_bytes())
+            .starts_with("334")
+    );
+    let r = h.send(format!("{}\r\n", b64(b"secret")).as_bytes());
+    assert!(r.starts_with("501 5.5.2"), "{r}");
+    assert!(h.auth_attempts.is_empty(), "no password was checked");
+    // A password may hold any character.
+    let ok = b64(b"\0alice@mx.test\0secret");
+    assert!(
+        h.send(format!("AUTH PLAIN {ok}\r\n").as_bytes())
+            .starts_with("235")
+    );
+}

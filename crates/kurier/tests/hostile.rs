@@ -157,9 +157,9 @@ fn giant_lines_nul_bytes_and_invalid_utf8() {
 #[test]
 fn hostile_bytes_in_auth_identities_and_helo_cannot_forge_log_lines() {
     let s = TestServer::default();
-    // A failed AUTH is logged with the identity the client gave; a line break in it must
-    // not start a line of the attacker's choosing (fail2ban would ban 203.0.113.9), and a
-    // terminal escape must not reach whoever tails the log.
+    // A line break in an AUTH identity must not start a log line of the attacker's choosing
+    // (fail2ban would ban 203.0.113.9), and a terminal escape must not reach whoever tails
+    // the log: such identities are refused (501) before any password check or log line.
     let script = r#"
 import base64, smtplib, ssl, sys
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
@@ -174,7 +174,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as c:
     let out = run_ok(Command::new("python3").args(["-c", script, &s.submission.to_string()]));
     assert_eq!(
         out.split_whitespace().collect::<Vec<_>>(),
-        ["535", "334", "535"]
+        ["501", "334", "501"]
     );
     // A HELO with a control character is refused by the session before anything logs it.
     let mut w = Wire::connect(s.smtp);
@@ -186,14 +186,6 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as c:
         "221 2.0.0 mx.kurier.test closing connection\r\n"
     );
     let log = s.log();
-    assert!(
-        log.contains("user=x\\nFORGED authentication failure"),
-        "{log}"
-    );
-    assert!(
-        log.contains("user=evil\\x1b[2J\\x1b]0;owned\\x07\\r\\nFORGED too"),
-        "{log}"
-    );
     assert!(
         !log.lines().any(|l| l.starts_with("FORGED")),
         "a forged log line:\n{log}"

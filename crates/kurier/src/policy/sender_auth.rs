@@ -20,6 +20,7 @@ use mail_auth::{
 
 use crate::config::SenderPolicy;
 use crate::dns::MxResolver;
+use crate::header::header_section;
 
 /// What the evaluation found. [`Evaluation::decide`] turns it into a verdict under the
 /// policies of the recipients' domains.
@@ -257,41 +258,78 @@ fn arc_verdict(arc: mail_auth::ArcOutput<'_>) -> mail_auth::ArcOutput<'_> {
 
 /// Removes `Authentication-Results` fields that claim `authserv_id` (RFC 8601 §5) from the
 /// header section of `message` (CRLF line ends). Other fields and the body are untouched.
+/// The claim is read as a reader would: the field unfolded, comments and white space before
+/// the authserv-id skipped (RFC 8601 §2.2 allows CFWS there).
 pub fn strip_forged(message: &[u8], authserv_id: &str) -> Vec<u8> {
-    let header_end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(message.len(), |i| i + 2);
-    let (headers, rest) = message.split_at(header_end);
+    let headers = header_section(message);
+    let rest = &message[headers.len()..];
     let mut out = Vec::with_capacity(message.len());
-    let mut dropping = false;
+    let mut field: Vec<u8> = Vec::new();
+    let mut keep = |field: &mut Vec<u8>, out: &mut Vec<u8>| {
+        if !claims(field, authserv_id) {
+            out.extend_from_slice(field);
+        }
+        field.clear();
+    };
     for line in headers.split_inclusive(|&b| b == b'\n') {
         let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
         if !continuation {
-            dropping = claims(line, authserv_id);
+            keep(&mut field, &mut out);
         }
-        if !dropping {
-            out.extend_from_slice(line);
-        }
+        field.extend_from_slice(line);
     }
+    keep(&mut field, &mut out);
     out.extend_from_slice(rest);
     out
 }
 
-fn claims(line: &[u8], authserv_id: &str) -> bool {
-    let text = String::from_utf8_lossy(line);
-    let Some((name, value)) = text.split_once(':') else {
+/// True when the field is an Authentication-Results field whose authserv-id is ours.
+fn claims(field: &[u8], authserv_id: &str) -> bool {
+    let Some(colon) = field.iter().position(|&b| b == b':') else {
         return false;
     };
-    if !name.trim().eq_ignore_ascii_case("authentication-results") {
+    if !field[..colon]
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"authentication-results")
+    {
         return false;
     }
-    let id = value
-        .trim_start()
-        .split([';', ' ', '\t', '\r'])
-        .next()
-        .unwrap_or_default();
-    id.eq_ignore_ascii_case(authserv_id)
+    authserv_id_of(&field[colon + 1..]).eq_ignore_ascii_case(authserv_id.as_bytes())
+}
+
+/// The authserv-id at the start of a field value: after folding white space and comments
+/// (nested, with quoted-pairs, RFC 5322 §3.2.2), up to `;`, white space or a comment.
+fn authserv_id_of(value: &[u8]) -> &[u8] {
+    let mut i = 0;
+    loop {
+        while value.get(i).is_some_and(|b| b" \t\r\n".contains(b)) {
+            i += 1;
+        }
+        if value.get(i) != Some(&b'(') {
+            break;
+        }
+        let mut depth = 0usize;
+        while let Some(&b) = value.get(i) {
+            i += 1;
+            match b {
+                b'\\' => i += 1,
+                b'(' => depth += 1,
+                b')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let start = i.min(value.len());
+    let end = value[start..]
+        .iter()
+        .position(|b| b"; \t\r\n(".contains(b))
+        .map_or(value.len(), |p| start + p);
+    &value[start..end]
 }
 
 #[cfg(test)]
@@ -377,5 +415,35 @@ mod tests {
             out,
             "Authentication-Results: other.test; spf=pass\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.test; in the body stays\r\n"
         );
+    }
+
+    #[test]
+    fn folded_and_commented_claims_are_removed_too() {
+        let forged: [&[u8]; 5] = [
+            b"Authentication-Results:\r\n mx.test; dkim=pass\r\n",
+            b"Authentication-Results: (x) mx.test; dmarc=pass\r\n",
+            b"Authentication-Results: (a (nested \\) one))\r\n\t(two) mx.test;spf=pass\r\n",
+            b"Authentication-Results : mx.test(comment); arc=pass\r\n",
+            b"Authentication-Results: mx.test\r\n",
+        ];
+        for f in forged {
+            let m = [f, b"Subject: s\r\n\r\nbody\r\n"].concat();
+            let out = strip_forged(&m, "mx.test");
+            assert_eq!(
+                out,
+                b"Subject: s\r\n\r\nbody\r\n",
+                "{:?}",
+                String::from_utf8_lossy(f)
+            );
+        }
+        let theirs: [&[u8]; 3] = [
+            b"Authentication-Results: (mx.test) other.test; spf=pass\r\n",
+            b"Authentication-Results: mx.test.evil; spf=pass\r\n",
+            b"Authentication-Results: (unclosed mx.test; spf=pass\r\n",
+        ];
+        for f in theirs {
+            let m = [f, b"\r\nbody\r\n"].concat();
+            assert_eq!(strip_forged(&m, "mx.test"), m);
+        }
     }
 }
