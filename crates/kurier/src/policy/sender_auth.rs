@@ -265,7 +265,7 @@ pub fn strip_forged(message: &[u8], authserv_id: &str) -> Vec<u8> {
     let rest = &message[headers.len()..];
     let mut out = Vec::with_capacity(message.len());
     let mut field: Vec<u8> = Vec::new();
-    let mut keep = |field: &mut Vec<u8>, out: &mut Vec<u8>| {
+    let keep = |field: &mut Vec<u8>, out: &mut Vec<u8>| {
         if !claims(field, authserv_id) {
             out.extend_from_slice(field);
         }
