@@ -32,38 +32,47 @@ impl Field<'_> {
     }
 }
 
-/// The fields of a header section. A line that is neither a field nor a continuation
-/// (no colon) is skipped, as readers do.
-pub fn fields(header: &[u8]) -> impl Iterator<Item = Field<'_>> {
+/// Each field of a header section as written: its first line with its continuation lines
+/// (RFC 5322 §2.2.3), CRLFs included. A line without a colon comes out on its own.
+pub fn raw_fields(header: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = header;
     std::iter::from_fn(move || {
-        loop {
-            if rest.is_empty() {
-                return None;
-            }
-            // The field runs to a CRLF not followed by white space (RFC 5322 §2.2.3).
-            let mut end = rest.len();
-            let mut i = 0;
-            while let Some(p) = rest[i..].windows(2).position(|w| w == b"\r\n") {
-                let at = i + p;
-                if !matches!(rest.get(at + 2), Some(b' ' | b'\t')) {
-                    end = at;
-                    break;
-                }
-                i = at + 2;
-            }
-            let line = &rest[..end];
-            rest = rest.get(end + 2..).unwrap_or_default();
-            if let Some(colon) = line.iter().position(|&b| b == b':') {
-                let name = line[..colon].trim_ascii_end();
-                if !name.is_empty() && !name.starts_with(b" ") && !name.starts_with(b"\t") {
-                    return Some(Field {
-                        name,
-                        value: &line[colon + 1..],
-                    });
-                }
-            }
+        if rest.is_empty() {
+            return None;
         }
+        let mut end = rest.len();
+        let mut i = 0;
+        while let Some(p) = rest[i..].windows(2).position(|w| w == b"\r\n") {
+            let at = i + p + 2;
+            if !matches!(rest.get(at), Some(b' ' | b'\t')) {
+                end = at;
+                break;
+            }
+            i = at;
+        }
+        let (field, tail) = rest.split_at(end);
+        rest = tail;
+        Some(field)
+    })
+}
+
+/// The fields of a header section, parsed. A line that is neither a field nor a
+/// continuation (no colon) is skipped, as readers do.
+pub fn fields(header: &[u8]) -> impl Iterator<Item = Field<'_>> {
+    raw_fields(header).filter_map(parse_field)
+}
+
+/// A raw field's name and value (without the final CRLF).
+pub fn parse_field(raw: &[u8]) -> Option<Field<'_>> {
+    let line = raw.strip_suffix(b"\r\n").unwrap_or(raw);
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = line[..colon].trim_ascii_end();
+    if name.is_empty() || name.starts_with(b" ") || name.starts_with(b"\t") {
+        return None;
+    }
+    Some(Field {
+        name,
+        value: &line[colon + 1..],
     })
 }
 
@@ -85,5 +94,9 @@ mod tests {
         assert!(header_section(b"\r\nFrom: body\r\n").is_empty());
         assert_eq!(header_section(b"From: x\r\n"), b"From: x\r\n");
         assert_eq!(fields(b"A: 1\r\n\tcont").count(), 1);
+        let raw: Vec<_> = raw_fields(h).collect();
+        assert_eq!(raw.concat(), h, "the raw fields are the whole section");
+        assert_eq!(raw[1], b"Subject: one\r\n two\r\n");
+        assert_eq!(raw.len(), 4);
     }
 }

@@ -427,3 +427,31 @@ print(results.count(535), results.count(454))
     assert!(counts[0] <= 5, "{out}");
     assert_eq!(counts[0] + counts[1], 40, "{out}");
 }
+
+#[test]
+fn hundreds_of_dkim_signatures_cost_a_few_lookups() {
+    let dns = dns::TestDns::start(vec![]);
+    let s = TestServer::start("", &dns.config());
+    let mut m = String::new();
+    for i in 0..200 {
+        m.push_str(&format!(
+            "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=flood{i}.test; s=s;\r\n\
+             \th=from; bh=Ck5SoRNWUpSR4X0COv7R5ub2pUTtl6xz4dTFz++ji4M=; b=AAAA\r\n"
+        ));
+    }
+    m.push_str("From: a@example.test\r\nSubject: flood\r\n\r\nbody\r\n.\r\n");
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+    assert!(w.cmd("DATA").starts_with("354 "));
+    w.send(m.as_bytes());
+    let r = w.reply();
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let keys = dns
+        .queried()
+        .into_iter()
+        .filter(|q| q.contains("._domainkey."))
+        .collect::<std::collections::BTreeSet<_>>();
+    assert!(!keys.is_empty(), "no DKIM key was looked up");
+    assert!(keys.len() <= 5, "{} key lookups: {keys:?}", keys.len());
+}

@@ -26,6 +26,7 @@ use crate::dns::MxResolver;
 use crate::maillog;
 use crate::time::Clock;
 
+pub mod dkim_budget;
 pub mod dnsbl;
 pub mod greylist;
 pub mod header_fields;

@@ -20,7 +20,7 @@ use mail_auth::{
 
 use crate::config::SenderPolicy;
 use crate::dns::MxResolver;
-use crate::header::header_section;
+use crate::header::{header_section, parse_field, raw_fields};
 
 /// What the evaluation found. [`Evaluation::decide`] turns it into a verdict under the
 /// policies of the recipients' domains.
@@ -142,6 +142,8 @@ async fn evaluate_now(
         .map_or(c.helo, |(_, d)| d)
         .to_string();
     let spf_fail = (spf.result() == SpfResult::Fail).then(|| spf_domain.clone());
+    let limited = super::dkim_budget::limited(body);
+    let body = limited.as_deref().unwrap_or(body);
     let Some(message) = AuthenticatedMessage::parse(body) else {
         let header = AuthenticationResults::new(c.hostname)
             .with_spf_mailfrom_result(&spf, c.ip, &sender, c.helo)
@@ -264,37 +266,21 @@ pub fn strip_forged(message: &[u8], authserv_id: &str) -> Vec<u8> {
     let headers = header_section(message);
     let rest = &message[headers.len()..];
     let mut out = Vec::with_capacity(message.len());
-    let mut field: Vec<u8> = Vec::new();
-    let keep = |field: &mut Vec<u8>, out: &mut Vec<u8>| {
+    for field in raw_fields(headers) {
         if !claims(field, authserv_id) {
             out.extend_from_slice(field);
         }
-        field.clear();
-    };
-    for line in headers.split_inclusive(|&b| b == b'\n') {
-        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !continuation {
-            keep(&mut field, &mut out);
-        }
-        field.extend_from_slice(line);
     }
-    keep(&mut field, &mut out);
     out.extend_from_slice(rest);
     out
 }
 
 /// True when the field is an Authentication-Results field whose authserv-id is ours.
 fn claims(field: &[u8], authserv_id: &str) -> bool {
-    let Some(colon) = field.iter().position(|&b| b == b':') else {
-        return false;
-    };
-    if !field[..colon]
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"authentication-results")
-    {
-        return false;
-    }
-    authserv_id_of(&field[colon + 1..]).eq_ignore_ascii_case(authserv_id.as_bytes())
+    parse_field(field).is_some_and(|f| {
+        f.is("authentication-results")
+            && authserv_id_of(f.value).eq_ignore_ascii_case(authserv_id.as_bytes())
+    })
 }
 
 /// The authserv-id at the start of a field value: after folding white space and comments

@@ -37,6 +37,8 @@ pub enum Rr {
 
 pub struct TestDns {
     pub port: u16,
+    /// Every name asked for, in order.
+    queries: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -96,6 +98,8 @@ impl TestDns {
             zone.upsert_mut(Record::from_rdata(owner, 5, data), 1);
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let queries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = queries.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -104,7 +108,11 @@ impl TestDns {
             rt.block_on(async move {
                 let mut catalog = Catalog::new();
                 catalog.upsert(LowerName::from(Name::root()), vec![Arc::new(zone)]);
-                let mut server = Server::new(Failing { catalog, failing });
+                let mut server = Server::new(Failing {
+                    catalog,
+                    failing,
+                    log,
+                });
                 server.register_socket(tokio::net::UdpSocket::from_std(udp).unwrap());
                 server.register_listener(
                     tokio::net::TcpListener::from_std(tcp).unwrap(),
@@ -117,9 +125,15 @@ impl TestDns {
         });
         TestDns {
             port,
+            queries,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+
+    /// The names asked for so far (lower case, without the trailing dot).
+    pub fn queried(&self) -> Vec<String> {
+        self.queries.lock().unwrap().clone()
     }
 
     /// The `[dns]` config table pointing at this server.
@@ -147,6 +161,7 @@ fn name(s: &str) -> Name {
 struct Failing {
     catalog: Catalog,
     failing: HashSet<LowerName>,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 #[async_trait::async_trait]
@@ -156,6 +171,15 @@ impl RequestHandler for Failing {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        if let Ok(info) = request.request_info() {
+            let asked = info
+                .query
+                .name()
+                .to_string()
+                .trim_end_matches('.')
+                .to_lowercase();
+            self.log.lock().unwrap().push(asked);
+        }
         let fails = request
             .request_info()
             .is_ok_and(|info| self.failing.contains(info.query.name()));
