@@ -9,25 +9,29 @@
 //! one directory operation instead of two, which is what a busy server pays for. Files use Unix line
 //! ends (LF), as Maildir readers expect; the CRLF → LF conversion is lossless because the
 //! server refuses bare CR and LF.
+//!
+//! A Maildir is also reached by others (an IMAP server, the mailbox's own user), so nothing
+//! in it is reached by path: the Maildir, a Maildir++ folder in it, and their `tmp/`, `new/`
+//! and `cur/` are opened one at a time relative to their parent's descriptor, without
+//! following a symbolic link (`O_NOFOLLOW | O_DIRECTORY`), created (0700) when missing, and
+//! files are created relative to those descriptors, exclusively. A link planted in any of
+//! those places makes the delivery fail (and retry later) instead of writing where it points.
 
-use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
-
-use crate::fsutil::{WriteOptions, sync_dir, write_atomic};
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, open, openat, renameat};
+use nix::sys::stat::{Mode, mkdirat};
+use nix::unistd::{UnlinkatFlags, fsync, linkat, unlinkat};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
-/// Maildirs known to exist, so a delivery does not re-create them every time.
-static CREATED: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Default::default);
 /// Cleared once O_TMPFILE turns out to be unsupported, to stop trying it.
 static TMPFILE_WORKS: AtomicBool = AtomicBool::new(true);
 
@@ -52,33 +56,89 @@ impl LocalDelivery for Maildirs {
 }
 
 /// The Maildir++ Junk folder of a mailbox (`<maildir>/.Junk`), created with its
-/// `maildirfolder` marker, as IMAP servers such as Dovecot expect.
+/// `maildirfolder` marker, as IMAP servers such as Dovecot expect. The marker is created
+/// exclusively (`O_CREAT | O_EXCL`, which never follows a link): an existing one, or a link
+/// put in its place, is left as it is.
 pub fn junk_folder(maildir: &Path) -> PathBuf {
     let folder = maildir.join(".Junk");
-    if create(&folder).is_ok() {
-        let _ = File::create(folder.join("maildirfolder"));
+    if let Ok(opened) = open_folder(&folder) {
+        let _ = openat(
+            &opened.dir,
+            "maildirfolder",
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        );
     }
     folder
 }
 
-/// Creates `tmp/`, `new/` and `cur/` under `dir` if missing.
-pub fn create(dir: &Path) -> io::Result<()> {
-    if CREATED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(dir)
-        && dir.join("new").is_dir()
-    {
-        return Ok(());
+/// An open Maildir (or Maildir++ folder): the descriptors files are created through.
+struct Folder {
+    dir: OwnedFd,
+    tmp: OwnedFd,
+    new: OwnedFd,
+}
+
+/// Opens the Maildir at `path`, creating what is missing. The mailbox's own directories (the
+/// Maildir, a Maildir++ folder — a `.Name` right under its Maildir — and their `tmp/`,
+/// `new/`, `cur/`) are never followed if they are links; the directories above
+/// (`<data_dir>/mail/<domain>`) are the server's own and are reached by path.
+fn open_folder(path: &Path) -> io::Result<Folder> {
+    let name = |p: &Path| {
+        p.file_name()
+            .map(OsStr::to_os_string)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no Maildir name"))
+    };
+    let folder = name(path)?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let (base, chain) = match parent.parent() {
+        Some(grandparent) if folder.as_encoded_bytes().starts_with(b".") => {
+            (grandparent, vec![name(parent)?, folder])
+        }
+        _ => (parent, vec![folder]),
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(base)?;
+    let mut dir = open(
+        base,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    for component in &chain {
+        dir = subdir(&dir, component)?;
     }
-    for sub in ["tmp", "new", "cur"] {
-        fs::create_dir_all(dir.join(sub))?;
-    }
-    CREATED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(dir.to_path_buf());
-    Ok(())
+    let tmp = subdir(&dir, OsStr::new("tmp"))?;
+    let new = subdir(&dir, OsStr::new("new"))?;
+    subdir(&dir, OsStr::new("cur"))?;
+    Ok(Folder { dir, tmp, new })
+}
+
+/// Opens (creating, 0700) the directory `name` in `parent`, refusing a symbolic link.
+fn subdir(parent: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let opened = match openat(parent, name, flags, Mode::empty()) {
+        Err(Errno::ENOENT) => {
+            match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            openat(parent, name, flags, Mode::empty())
+        }
+        other => other,
+    };
+    opened.map_err(|e| match e {
+        // What O_NOFOLLOW | O_DIRECTORY answer for a link (or a file) in a directory's place.
+        Errno::ELOOP | Errno::ENOTDIR => io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!(
+                "{}: not a directory of its own (a symbolic link?), not followed",
+                name.to_string_lossy()
+            ),
+        ),
+        e => e.into(),
+    })
 }
 
 /// A unique file name: `<secs>.M<usecs>P<pid>Q<counter>.<host>` (the maildir.html scheme,
@@ -101,62 +161,72 @@ fn unique_name(host: &str) -> String {
 /// Delivers `headers` followed by `message` (CRLF line ends) into the Maildir at `dir`.
 /// Returns the path of the new file.
 pub fn deliver(dir: &Path, host: &str, headers: &str, message: &[u8]) -> io::Result<PathBuf> {
-    create(dir)?;
+    let folder = open_folder(dir)?;
     let mut content = Vec::with_capacity(headers.len() + message.len());
     content.extend_from_slice(headers.as_bytes());
     crlf_to_lf(message, &mut content);
     let name = format!("{},S={}", unique_name(host), content.len());
-    let new = dir.join("new").join(&name);
+    let path = dir.join("new").join(&name);
     if TMPFILE_WORKS.load(Ordering::Relaxed) {
-        match write_unnamed(&dir.join("new"), &new, &content) {
-            Ok(true) => {
-                return sync_dir(&dir.join("new")).map(|()| new);
-            }
+        match write_unnamed(&folder.new, &name, &content) {
+            Ok(true) => return fsync(&folder.new).map(|()| path).map_err(Into::into),
             Ok(false) => TMPFILE_WORKS.store(false, Ordering::Relaxed),
             Err(e) => return Err(e),
         }
     }
-    // Maildir's own protocol (tmp/, then new/) is the one durable write.
-    let options = WriteOptions {
-        tmp_dir: Some(dir.join("tmp")),
-        ..WriteOptions::private()
-    };
-    write_atomic(&new, &[&content], &options).map(|()| new)
+    write_through_tmp(&folder, &name, &content).map(|()| path)
 }
 
-/// Writes `content` as an unnamed file in `new_dir`, fsyncs it, and links it as `path`.
+/// Writes `content` as an unnamed file in `new_dir`, fsyncs it, and links it as `name`.
 /// Returns false when the file system does not support `O_TMPFILE`.
-fn write_unnamed(new_dir: &Path, path: &Path, content: &[u8]) -> io::Result<bool> {
-    let opened = OpenOptions::new()
-        .write(true)
-        .mode(0o600)
-        .custom_flags(OFlag::O_TMPFILE.bits())
-        .open(new_dir);
+fn write_unnamed(new_dir: &OwnedFd, name: &str, content: &[u8]) -> io::Result<bool> {
+    let opened = openat(
+        new_dir,
+        ".",
+        OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    );
     let mut f = match opened {
-        Ok(f) => f,
+        Ok(fd) => File::from(fd),
         // EOPNOTSUPP / EISDIR / EINVAL: no O_TMPFILE here.
-        Err(e)
-            if e.raw_os_error().map(Errno::from_raw).is_some_and(|n| {
-                matches!(n, Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL)
-            }) =>
-        {
-            return Ok(false);
-        }
-        Err(e) => return Err(e),
+        Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => return Ok(false),
+        Err(e) => return Err(e.into()),
     };
     f.write_all(content)?;
     f.sync_all()?;
     // linkat through /proc/self/fd works without privileges (AT_EMPTY_PATH would need them).
     let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
-    nix::unistd::linkat(
+    linkat(
         AT_FDCWD,
         proc_path.as_str(),
-        AT_FDCWD,
-        path,
+        new_dir,
+        name,
         AtFlags::AT_SYMLINK_FOLLOW,
-    )
-    .map_err(io::Error::from)?;
+    )?;
     Ok(true)
+}
+
+/// Maildir's own protocol, relative to the folder's descriptors: a new file in `tmp/`
+/// (created exclusively, so a name planted there is never followed), fsync, rename into
+/// `new/`, fsync of `new/`. A failed write leaves nothing in `tmp/`.
+fn write_through_tmp(folder: &Folder, name: &str, content: &[u8]) -> io::Result<()> {
+    let fd = openat(
+        &folder.tmp,
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    let mut f = File::from(fd);
+    let written = (|| {
+        f.write_all(content)?;
+        f.sync_all()?;
+        renameat(&folder.tmp, name, &folder.new, name)?;
+        fsync(&folder.new).map_err(io::Error::from)
+    })();
+    if written.is_err() {
+        let _ = unlinkat(&folder.tmp, name, UnlinkatFlags::NoRemoveDir);
+    }
+    written
 }
 
 fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>) {
@@ -220,6 +290,64 @@ mod tests {
         assert!(name.ends_with(",S=42"), "{name}");
         let p2 = deliver(&md, "mx.test", "", b"x\r\n").unwrap();
         assert_ne!(p, p2);
+    }
+
+    #[test]
+    fn maildir_directories_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let md = dir.path().join("mail/example.test/carol");
+        deliver(&md, "mx.test", "", b"x\r\n").unwrap();
+        for d in [md.clone(), md.join("tmp"), md.join("new"), md.join("cur")] {
+            let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+    }
+
+    /// `new/` (or `tmp/`, or the Maildir itself) replaced by a link: the delivery fails and
+    /// nothing is written where the link points, on either way of writing.
+    #[test]
+    fn links_in_a_maildir_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        for planted in ["new", "tmp", "cur"] {
+            let md = dir.path().join(format!("box-{planted}"));
+            fs::create_dir(&md).unwrap();
+            std::os::unix::fs::symlink(&elsewhere, md.join(planted)).unwrap();
+            assert!(deliver(&md, "mx.test", "", b"x\r\n").is_err(), "{planted}");
+        }
+        let linked = dir.path().join("linked-box");
+        std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
+        assert!(deliver(&linked, "mx.test", "", b"x\r\n").is_err());
+        assert!(deliver(&linked.join(".Junk"), "mx.test", "", b"x\r\n").is_err());
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    /// A `maildirfolder` marker planted as a link to someone's file: that file is neither
+    /// truncated nor replaced; a Junk folder that is a link is not written into.
+    #[test]
+    fn junk_marker_links_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        let md = dir.path().join("dave");
+        fs::create_dir_all(md.join(".Junk")).unwrap();
+        std::os::unix::fs::symlink(&victim, md.join(".Junk/maildirfolder")).unwrap();
+        let junk = junk_folder(&md);
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        deliver(&junk, "mx.test", "", b"x\r\n").unwrap();
+        let fresh = dir.path().join("erin");
+        let junk = junk_folder(&fresh);
+        assert!(junk.join("maildirfolder").is_file());
+        assert!(junk.join("new").is_dir());
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let frank = dir.path().join("frank");
+        fs::create_dir(&frank).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, frank.join(".Junk")).unwrap();
+        assert!(deliver(&junk_folder(&frank), "mx.test", "", b"x\r\n").is_err());
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
     #[test]
