@@ -111,13 +111,23 @@ pub struct Capabilities {
     pub auth_plain: bool,
     /// AUTH LOGIN.
     pub auth_login: bool,
+    /// The name the server gives for itself in the first line of its EHLO reply (RFC 5321
+    /// §4.1.1.1), lower case: a client that sees its own name has reached itself (a loop).
+    pub server_name: String,
 }
 
 impl Capabilities {
     /// Parses the lines of an EHLO reply (the first line is the greeting).
     pub fn parse(reply: &Reply) -> Capabilities {
+        let server_name = reply
+            .lines
+            .first()
+            .and_then(|l| l.split_ascii_whitespace().next())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let mut c = Capabilities {
             esmtp: true,
+            server_name,
             ..Capabilities::default()
         };
         for line in reply.lines.iter().skip(1) {

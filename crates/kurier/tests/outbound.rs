@@ -141,6 +141,53 @@ fn second_mx_is_used_when_the_first_refuses_and_kurier_peer_receives_over_tls() 
         log.contains(&format!("mx1.failover.test [{ip1}]")),
         "first MX not tried first:\n{log}"
     );
+    // At a graceful stop the pooled connection is closed politely: QUIT (so the peer's
+    // session ends as "closed", not "client disconnected" or a read error after a TLS
+    // connection cut without close_notify).
+    let mut s = s;
+    assert!(s.terminate().success());
+    let peer_log = peer.log();
+    let ends: Vec<&str> = peer_log
+        .lines()
+        .filter(|l| l.contains("connection closed") && l.contains("messages=2"))
+        .collect();
+    assert_eq!(ends.len(), 1, "{peer_log}");
+    assert!(ends[0].contains("end=closed"), "{}", ends[0]);
+}
+
+#[test]
+fn a_route_back_to_this_server_is_a_loop_bounced_at_once() {
+    let dns = TestDns::start(vec![]);
+    let mut s = TestServer::configured("", &dns.config());
+    // Everything remote goes to... this server's own MX port.
+    s.set_tables(&format!(
+        "{}\n[delivery]\nretry = [\"1s\"]\n[[routes]]\ndomains = [\"*\"]\nhost = \"127.0.0.1\"\nport = {}\n",
+        dns.config(),
+        s.smtp
+    ));
+    s.spawn();
+    s.add_user("alice@localhost");
+    submit(&s, &["someone@elsewhere.test"], &[], "loop");
+    let dsns = wait_dsns(&s, 1);
+    let text = serde_json::to_string(&dsns[0]).unwrap();
+    assert!(text.contains("5.4.6"), "{text}");
+    assert!(text.contains("loops back to myself"), "{text}");
+    wait_queue_empty(&s);
+    // One attempt, no message accepted from ourselves.
+    assert_eq!(
+        s.log().matches("loops back to myself").count(),
+        1,
+        "{}",
+        s.log()
+    );
+    // Accepted once (the submission): the route's own delivery got no further than the
+    // greeting.
+    assert_eq!(
+        s.log().matches("message accepted").count(),
+        1,
+        "{}",
+        s.log()
+    );
 }
 
 #[test]
@@ -345,12 +392,23 @@ fn smarthost_with_implicit_tls_and_auth() {
     );
     peer.add_user("relay@final.test");
     peer.add_user("bob@final.test");
-    let dns = TestDns::start(vec![]);
-    let route = format!(
-        "[[routes]]\ndomains = [\"*\"]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"implicit\"\nusername = \"relay@final.test\"\npassword = \"{PASSWORD}\"\n",
-        peer.submissions
-    );
-    let s = origin(&dns, "", &route);
+    let dns = TestDns::start(vec![(
+        "smarthost.test",
+        Rr::A(std::net::Ipv4Addr::LOCALHOST),
+    )]);
+    // The smarthost's self-signed certificate, pinned as the CA of the route.
+    let pinned = peer.data_dir().join("tls/cert.pem");
+    let route = |host: &str, domain: &str| {
+        format!(
+            "[[routes]]\ndomains = [\"{domain}\"]\nhost = \"{host}\"\nport = {}\ntls = \"implicit\"\n\
+             ca_file = {pinned:?}\nusername = \"relay@final.test\"\npassword = \"{PASSWORD}\"\n",
+            peer.submissions
+        )
+    };
+    // The same server reached by an address its certificate does not name: the password
+    // must not be sent.
+    let routes = route("127.0.0.1", "elsewhere.test") + &route("smarthost.test", "*");
+    let s = origin(&dns, "", &routes);
     submit(&s, &["bob@final.test"], &[], "via smarthost");
     let mail = peer.wait_for_mail("final.test", "bob", 1);
     let text = String::from_utf8_lossy(&mail[0]);
@@ -360,6 +418,28 @@ fn smarthost_with_implicit_tls_and_auth() {
     );
     wait_queue_empty(&s);
     assert!(peer.log().contains("auth=relay@final.test"));
+    let auths = peer.log().matches("auth=relay@final.test").count();
+    submit(
+        &s,
+        &["x@elsewhere.test"],
+        &[],
+        "to a name the certificate does not cover",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let l = cli_ok(&s, &["queue", "list"]);
+        if l.contains("1 attempt(s)") {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "{l}\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        list.contains("TLS handshake with 127.0.0.1 failed"),
+        "{list}"
+    );
+    assert_eq!(peer.log().matches("auth=relay@final.test").count(), auths);
+    assert!(!peer.log().contains("authentication failed"));
 }
 
 #[test]

@@ -190,7 +190,7 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
     let (timer_engine, timer_tx) = (engine.clone(), tx.clone());
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
+        'timer: loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => break,
@@ -208,10 +208,12 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
                         .await
                         .is_err()
                 {
-                    return;
+                    break 'timer;
                 }
             }
         }
+        // Stopping: pooled connections get their QUIT and close_notify.
+        timer_engine.outbound.close_all().await;
     });
     DeliveryHandle {
         jobs: Some(tx),

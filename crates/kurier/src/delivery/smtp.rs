@@ -37,6 +37,9 @@ use crate::tls::client::{opportunistic, verifying};
 /// How long a connection waits for the next message to the same address.
 const IDLE_REUSE: Duration = Duration::from_secs(10);
 
+/// How long a polite close (QUIT, its reply, TLS close_notify) may take.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteOutcome {
@@ -159,11 +162,6 @@ impl Outbound {
         let insecure = TlsConnector::from(opportunistic()?);
         let mut routes = Vec::new();
         for r in &config.routes {
-            let connector = if r.tls == TlsMode::Verify {
-                TlsConnector::from(verifying(r.ca_file.as_deref())?)
-            } else {
-                insecure.clone()
-            };
             let auth = match (&r.username, &r.password) {
                 (Some(u), Some(p)) => Some(Credentials {
                     username: u.clone(),
@@ -171,11 +169,23 @@ impl Outbound {
                 }),
                 _ => None,
             };
+            // A password goes only to the server it is meant for: with credentials, the
+            // certificate is always verified (against `ca_file`, which may be the
+            // smarthost's own certificate, or the system's bundle) and STARTTLS is required.
+            let tls = match r.tls {
+                TlsMode::Opportunistic | TlsMode::Required if auth.is_some() => TlsMode::Verify,
+                mode => mode,
+            };
+            let connector = if tls == TlsMode::Verify || auth.is_some() {
+                TlsConnector::from(verifying(r.ca_file.as_deref())?)
+            } else {
+                insecure.clone()
+            };
             routes.push(Route {
                 domains: r.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
                 host: r.host.clone(),
                 port: r.port,
-                tls: r.tls,
+                tls,
                 connector,
                 auth,
             });
@@ -298,6 +308,23 @@ impl Outbound {
                         return all(last);
                     }
                 };
+                // The server names itself as we do: this route or MX leads back to us.
+                if session.capabilities().server_name == self.helo.to_ascii_lowercase() {
+                    close_politely(conn, session).await;
+                    return all(RemoteOutcome::Failed {
+                        permanent: true,
+                        failure: Failure {
+                            remote: Some(mta.clone()),
+                            ..Failure::local(
+                                EnhancedCode(5, 4, 6),
+                                format!(
+                                    "mail for {domain} loops back to myself ({host} greets as {})",
+                                    self.helo
+                                ),
+                            )
+                        },
+                    });
+                }
                 return match self.transact(conn, session, tx, body, &host, route).await {
                     Ok((result, dsn, reusable)) => {
                         self.give_back(key, reusable);
@@ -328,18 +355,44 @@ impl Outbound {
         }
     }
 
-    /// Closes connections that waited too long for another message.
+    /// Closes connections that waited too long for another message, politely (on the side:
+    /// a silent peer does not hold the caller).
     pub fn sweep(&self) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        for list in pool.values_mut() {
-            list.retain(|i| i.since.elapsed() < IDLE_REUSE);
-        }
-        pool.retain(|_, l| !l.is_empty());
-        drop(pool);
+        self.close_idle(false)
+            .into_iter()
+            .for_each(|c| drop(tokio::spawn(c)));
         // A domain's limit that nobody holds is dropped, so the map holds only domains
         // with mail in flight, not every domain ever mailed.
         let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
         limits.retain(|_, sem| Arc::strong_count(sem) > 1);
+    }
+
+    /// At shutdown: every pooled connection gets its QUIT.
+    pub async fn close_all(&self) {
+        for close in self.close_idle(true) {
+            close.await;
+        }
+    }
+
+    /// Takes stale (or, with `all`, every) idle connection out of the pool; the futures
+    /// close them.
+    fn close_idle(&self, all: bool) -> Vec<impl std::future::Future<Output = ()> + use<>> {
+        let mut stale = Vec::new();
+        {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            for list in pool.values_mut() {
+                let (fresh, old): (Vec<Idle>, Vec<Idle>) = list
+                    .drain(..)
+                    .partition(|i| !all && i.since.elapsed() < IDLE_REUSE);
+                *list = fresh;
+                stale.extend(old);
+            }
+            pool.retain(|_, l| !l.is_empty());
+        }
+        stale
+            .into_iter()
+            .map(|idle| close_politely(idle.conn, idle.session))
+            .collect()
     }
 
     /// Connects and runs the session up to "ready for MAIL".
@@ -471,6 +524,24 @@ impl Outbound {
             }
         }
     }
+}
+
+/// QUIT, its reply, then the TLS close_notify and the TCP FIN (RFC 5321 §4.1.1.10; a
+/// connection dropped without them is logged as an error by the other side), bounded by
+/// [`QUIT_TIMEOUT`].
+async fn close_politely(mut conn: Conn, mut session: ClientSession) {
+    session.quit();
+    let _ = tokio::time::timeout(QUIT_TIMEOUT, async {
+        while let Some(ClientAction::Send(bytes)) = session.poll_action() {
+            if conn.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let mut buf = [0u8; 512];
+        let _ = conn.read(&mut buf).await;
+        conn.shutdown().await;
+    })
+    .await;
 }
 
 /// Outcomes per recipient from a transaction result.
