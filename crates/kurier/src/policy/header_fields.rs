@@ -36,6 +36,40 @@ pub fn count(message: &[u8]) -> FieldCounts {
     c
 }
 
+/// The addresses in each From: and Sender: field, in order: `("From:", [...])`. Read from
+/// the same fields [`count`] counts (a field the mail parser would skip after a malformed
+/// line is still here), each value parsed on its own as an address list. A field without
+/// a readable address gives an empty list.
+pub fn author_addresses(message: &[u8]) -> Vec<(&'static str, Vec<String>)> {
+    let mut out = Vec::new();
+    for f in fields(header_section(message)) {
+        let name = if f.is("from") {
+            "From:"
+        } else if f.is("sender") {
+            "Sender:"
+        } else {
+            continue;
+        };
+        let field = [name.as_bytes(), f.value, b"\r\n\r\n"].concat();
+        let parsed = mail_parser::MessageParser::new().parse_headers(&field[..]);
+        let list = parsed.as_ref().and_then(|p| {
+            if name == "From:" {
+                p.from()
+            } else {
+                p.sender()
+            }
+        });
+        let addresses = list
+            .into_iter()
+            .flat_map(|a| a.iter())
+            .filter_map(|a| a.address())
+            .map(str::to_string)
+            .collect();
+        out.push((name, addresses));
+    }
+    out
+}
+
 /// Refuses a message with repeated author fields or with `hop_limit` or more hops
 /// (`hop_limit` counts the Received: field we are about to add).
 pub fn check(message: &[u8], hop_limit: usize) -> Result<(), Reply> {
@@ -81,5 +115,20 @@ mod tests {
         let hops = "Received: from h by h; d\r\n".repeat(50);
         let r = check(format!("{hops}\r\n").as_bytes(), 50).unwrap_err();
         assert_eq!((r.code, r.enhanced), (554, Some(LOOP)));
+    }
+
+    #[test]
+    fn author_addresses_after_a_malformed_line_are_still_read() {
+        let m = b"X: y\r\n\x0c\x0c\r\nFrom: Boss <ceo@bank.example>, b@x.test\r\nSender:\r\n\r\nbody\r\n";
+        assert_eq!(
+            author_addresses(m),
+            [
+                (
+                    "From:",
+                    vec!["ceo@bank.example".to_string(), "b@x.test".to_string()]
+                ),
+                ("Sender:", vec![]),
+            ]
+        );
     }
 }

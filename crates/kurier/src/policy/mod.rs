@@ -283,20 +283,18 @@ impl Policy {
     /// theirs too (RFC 5322 §3.6.2), or the sender check could be dodged in the header
     /// readers see. (More than one of either is refused before, by [`header_fields`].)
     pub fn check_from_header(&self, user: &str, message: &[u8]) -> Result<(), Reply> {
-        let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
-            return Ok(());
-        };
-        for (name, field) in [("From:", parsed.from()), ("Sender:", parsed.sender())] {
-            for addr in field.into_iter().flat_map(|f| f.iter()) {
-                let text = addr.address().unwrap_or_default();
+        let refuse = |text: String| Err(Reply::new(553, codes::NOT_AUTHORIZED, text));
+        for (name, addresses) in header_fields::author_addresses(message) {
+            if addresses.is_empty() {
+                return refuse(format!(
+                    "{name} header field without an address of user {user}"
+                ));
+            }
+            for text in addresses {
                 let owned =
-                    Mailbox::parse(text).is_ok_and(|m| self.directory.may_send_as(user, &m));
+                    Mailbox::parse(&text).is_ok_and(|m| self.directory.may_send_as(user, &m));
                 if !owned {
-                    return Err(Reply::new(
-                        553,
-                        codes::NOT_AUTHORIZED,
-                        format!("{name} address <{text}> not owned by user {user}"),
-                    ));
+                    return refuse(format!("{name} address <{text}> not owned by user {user}"));
                 }
             }
         }

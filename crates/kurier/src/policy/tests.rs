@@ -247,6 +247,10 @@ async fn the_from_header_must_belong_to_the_authenticated_user() {
     // One foreign address in a list is enough to refuse.
     let list = b"From: alice@example.test, ceo@bank.example\r\n\r\nbody\r\n";
     assert!(p.check_from_header(user, list).is_err());
+    // A malformed line before it does not hide a From: (a parser that gives up there
+    // would see no From: at all).
+    let hidden = b"X: y\r\n\x0c\x0c\r\nFrom: ceo@bank.example\r\n\r\nbody\r\n";
+    assert!(p.check_from_header(user, hidden).is_err());
     // Sender: is checked too.
     let sender = b"From: alice@example.test\r\nSender: bob@example.test\r\n\r\nbody\r\n";
     let r = p.check_from_header(user, sender).unwrap_err();
