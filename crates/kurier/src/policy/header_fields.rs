@@ -1,11 +1,12 @@
 //! Header fields that make a message unsafe to accept, on every listener: more than one
 //! From: or Sender: (RFC 5322 §3.6 allows one; with two, a reader's program shows one
-//! author while DMARC and the sender check read the other), and more Received: fields than
-//! the hop limit (RFC 5321 §6.3: a loop is ended by counting hops, 5.4.6).
+//! author while DMARC and the sender check read the other), a header line that is not a
+//! field (RFC 5322 §2.2; parsers disagree on where such a header ends), and more Received:
+//! fields than the hop limit (RFC 5321 §6.3: a loop is ended by counting hops, 5.4.6).
 
 use kurier_smtp::{EnhancedCode, Reply, codes};
 
-use crate::header::{fields, header_section};
+use crate::header::{fields, header_section, parse_field, raw_fields};
 
 /// RFC 3463: routing loop detected.
 const LOOP: EnhancedCode = EnhancedCode(5, 4, 6);
@@ -19,12 +20,24 @@ pub struct FieldCounts {
     pub sender: usize,
     /// Received: fields (hops so far).
     pub received: usize,
+    /// Fields that come after a line that is neither a field nor a continuation (no
+    /// colon). Such a line alone (a message of text without a header) is harmless; a field
+    /// after it is read by some parsers and not by others.
+    pub after_malformed: usize,
 }
 
 /// Counts From:, Sender: and Received: in the message's header section.
 pub fn count(message: &[u8]) -> FieldCounts {
     let mut c = FieldCounts::default();
-    for f in fields(header_section(message)) {
+    let mut malformed = false;
+    for raw in raw_fields(header_section(message)) {
+        let Some(f) = parse_field(raw) else {
+            malformed = true;
+            continue;
+        };
+        if malformed {
+            c.after_malformed += 1;
+        }
         if f.is("from") {
             c.from += 1;
         } else if f.is("sender") {
@@ -74,6 +87,15 @@ pub fn author_addresses(message: &[u8]) -> Vec<(&'static str, Vec<String>)> {
 /// (`hop_limit` counts the Received: field we are about to add).
 pub fn check(message: &[u8], hop_limit: usize) -> Result<(), Reply> {
     let c = count(message);
+    // Readers disagree on such a line (one ends the header there, one skips it), and a
+    // From: after it would be checked by one and shown by the other.
+    if c.after_malformed > 0 {
+        return Err(Reply::new(
+            554,
+            codes::MEDIA,
+            "Message header has a line that is neither a header field nor a continuation",
+        ));
+    }
     for (name, n) in [("From:", c.from), ("Sender:", c.sender)] {
         if n > 1 {
             return Err(Reply::new(
@@ -110,6 +132,16 @@ mod tests {
         // A folded second From: is still a field; a continuation line is not.
         assert!(check(b"From: a@x\r\nFrom:\r\n c@y\r\n\r\n", 50).is_err());
         assert!(check(b"From: a@x,\r\n From: c@y\r\n\r\n", 50).is_ok());
+        for bad in [
+            &b"X: y\r\n\x0c\x0c\r\nFrom: c@y\r\n\r\n"[..],
+            b"From a@x Thu\r\nFrom: a@x\r\n\r\n",
+        ] {
+            let r = check(bad, 50).unwrap_err();
+            assert_eq!((r.code, r.enhanced), (554, Some(codes::MEDIA)));
+        }
+        // Text without a header is not refused.
+        assert!(check(b"just text\r\nmore text\r\n", 50).is_ok());
+        assert!(check(b"Subject: s\r\nno blank line, then text\r\n", 50).is_ok());
         let hops = "Received: from h by h; d\r\n".repeat(49);
         assert!(check(format!("{hops}\r\n").as_bytes(), 50).is_ok());
         let hops = "Received: from h by h; d\r\n".repeat(50);
