@@ -67,6 +67,8 @@ pub fn write_atomic(dest: &Path, parts: &[&[u8]], options: &WriteOptions) -> io:
         std::process::id()
     ));
     let result = (|| {
+        // A fresh random name, created exclusively (O_EXCL): a link planted in the directory
+        // is never followed, and nothing existing is truncated.
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -75,11 +77,13 @@ pub fn write_atomic(dest: &Path, parts: &[&[u8]], options: &WriteOptions) -> io:
         for part in parts {
             f.write_all(part)?;
         }
+        // On the descriptor, not the name: whoever can write the directory could have put a
+        // link in the temporary file's place by now.
+        if let Some((uid, gid)) = options.owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         f.sync_all()?;
         drop(f);
-        if let Some((uid, gid)) = options.owner {
-            std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
-        }
         if options.replace {
             fs::rename(&tmp, dest)?;
         } else {

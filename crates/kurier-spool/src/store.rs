@@ -2,6 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -121,9 +122,15 @@ impl Spool {
     /// `tmp/`, validates every queued message and quarantines the damaged ones.
     pub fn open(root: impl Into<PathBuf>) -> Result<(Spool, Recovery), SpoolError> {
         let spool = Spool { root: root.into() };
+        // Owner only, whatever the umask: queue files hold whole messages (and DSNs their
+        // originals); the files themselves are written 0600 (`WriteOptions::private`).
         for dir in ["tmp", "queue", "state", "corrupt"] {
             let p = spool.root.join(dir);
-            fs::create_dir_all(&p).map_err(io_err(&p))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(io_err(&p))?;
         }
         let recovery = spool.recover()?;
         Ok((spool, recovery))
@@ -481,6 +488,23 @@ mod tests {
         assert_eq!(rec.removed_tmp, 1);
         assert!(dir.path().join("corrupt").join(bad.id.as_str()).exists());
         assert_eq!(fs::read_dir(dir.path().join("state")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn spool_directories_and_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("spool");
+        let (spool, _) = Spool::open(&root).unwrap();
+        let env = envelope(b"x\r\n");
+        spool.commit(&env, b"x\r\n").unwrap();
+        spool.update(&env).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in ["", "tmp", "queue", "state", "corrupt"] {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+        }
+        assert_eq!(mode(&root.join("queue").join(env.id.as_str())), 0o600);
+        assert_eq!(mode(&root.join("state").join(env.id.as_str())), 0o600);
     }
 
     #[test]
