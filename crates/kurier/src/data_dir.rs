@@ -15,6 +15,30 @@
 use std::path::{Path, PathBuf};
 
 use kurier_smtp::{Domain, Mailbox};
+use thiserror::Error;
+
+/// The names Kurier creates at the top of a data directory. A directory that has entries
+/// but none of these is someone else's: the server refuses it rather than taking it over
+/// (a `data_dir = "/var/lib"` typo must not give `/var/lib` to the service user).
+pub const KURIER_ENTRIES: &[&str] = &[
+    "kurier.lock",
+    "listening",
+    "control.sock",
+    "spool",
+    "mail",
+    "users.toml",
+    "users.lock",
+    "tls",
+    "dkim",
+    "greylist.json",
+];
+
+/// An address whose local part or domain cannot be a directory name under `mail/`.
+#[derive(Debug, Error)]
+#[error(
+    "{0:?}: an address that names a mailbox may not be empty, start with a dot, or contain slashes, white space or control characters"
+)]
+pub struct UnsafeMailboxName(pub String);
 
 /// The data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +82,17 @@ impl DataDir {
         self.0.join("mail")
     }
 
-    /// The Maildir of a local mailbox: `mail/<domain>/<local part, lower case>/`.
-    pub fn maildir(&self, m: &Mailbox) -> PathBuf {
-        self.mail()
-            .join(m.domain().as_str())
-            .join(m.local().to_lowercase())
+    /// The Maildir of a local mailbox: `mail/<domain>/<local part, lower case>/`. This is
+    /// the one place an address becomes a path, so it is the one place that checks: a local
+    /// part such as `"../../../escape"` (legal in RFC 5321 as a quoted string) is refused
+    /// here whichever way it came (an alias target, a users file edited by hand, RCPT).
+    pub fn maildir(&self, m: &Mailbox) -> Result<PathBuf, UnsafeMailboxName> {
+        let local = m.local().to_lowercase();
+        let domain = m.domain().as_str();
+        if !is_safe_name(&local) || !is_safe_name(domain) {
+            return Err(UnsafeMailboxName(m.to_string()));
+        }
+        Ok(self.mail().join(domain).join(local))
     }
 
     /// The users file `kurier user` edits.
@@ -101,20 +131,24 @@ impl DataDir {
     }
 }
 
-/// A user's local part becomes a directory name under `mail/<domain>/`: it may not climb
-/// out of it or hide (no leading dot, no slashes, no white space).
+/// One path component made from an address: it may not climb out of its directory or hide
+/// (no leading dot, so neither `..` nor a Maildir++ folder name), and holds no slashes,
+/// white space or control characters.
+fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\'])
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// The check of [`DataDir::maildir`] for an address given as text (config tables, `kurier
+/// user`, the users file), with the reason in words.
 pub fn safe_mailbox_name(address: &str) -> Result<(), String> {
     let m = Mailbox::parse(address).map_err(|e| format!("{address:?}: {e}"))?;
-    let local = m.local();
-    if local.starts_with('.')
-        || local.contains(['/', '\\'])
-        || local.chars().any(char::is_whitespace)
-    {
-        return Err(format!(
-            "{address:?}: a user's local part may not start with a dot or contain slashes or spaces"
-        ));
-    }
-    Ok(())
+    DataDir::new("")
+        .maildir(&m)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -126,7 +160,10 @@ mod tests {
     fn maildirs_are_lower_case_under_their_domain() {
         let d = DataDir::new("/srv/k");
         let m = Mailbox::parse("Alice@Example.ORG").unwrap();
-        assert_eq!(d.maildir(&m), Path::new("/srv/k/mail/example.org/alice"));
+        assert_eq!(
+            d.maildir(&m).unwrap(),
+            Path::new("/srv/k/mail/example.org/alice")
+        );
         assert_eq!(d.tls_key(), Path::new("/srv/k/tls/key.pem"));
     }
 
@@ -137,8 +174,14 @@ mod tests {
             ".hidden@example.org",
             "\"a/b\"@example.org",
             "\"a b\"@example.org",
+            "\"../../../escape\"@example.org",
+            "\"a\\\\b\"@example.org",
         ] {
             assert!(safe_mailbox_name(bad).is_err(), "{bad}");
+            // (A dot-atom cannot start with a dot: that one is no address at all.)
+            if let Ok(m) = Mailbox::parse(bad) {
+                assert!(DataDir::new("/srv/k").maildir(&m).is_err(), "{bad}");
+            }
         }
     }
 }

@@ -44,6 +44,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Everything Kurier creates is private to its user (queue files carry whole messages,
+    // DSNs carry originals, mailboxes are private), whatever umask it was started with;
+    // files meant for others (the certificate) get their mode explicitly.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,11 +89,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config(cmd) => cli::config::run(cmd, cli.config.as_deref()),
         Command::Queue(cmd) => {
-            let (_, data_dir) = load_config(&cli)?;
+            let (config, data_dir) = load_config(&cli)?;
+            cli::as_data_dir_owner(&config, &data_dir)?;
             cli::queue::run(cmd, &data_dir)
         }
         Command::Dkim(cmd) => {
             let (config, data_dir) = load_config(&cli)?;
+            cli::as_data_dir_owner(&config, &data_dir)?;
             cli::dkim::run(cmd, &config, &data_dir)
         }
     }

@@ -480,3 +480,209 @@ fn listening_file_names_the_bound_ports_of_port_0_and_goes_at_a_graceful_stop() 
         "listening file left after a graceful stop"
     );
 }
+
+/// An address that would lead outside `mail/` never becomes a path: as an alias target it
+/// fails `config check` (naming the alias); as a key of a users file edited by hand it is
+/// refused at load, with a warning naming it, so RCPT gets 550 and nothing is written
+/// outside the data directory.
+#[test]
+fn addresses_that_would_climb_out_of_mail_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("alias.toml");
+    std::fs::write(
+        &bad,
+        "domains = [\"localhost\"]\n[aliases]\n\"info@localhost\" = \"\\\"../../../escape\\\"@localhost\"\n",
+    )
+    .unwrap();
+    let out = run_fail(Command::new(BIN).args(["config", "check", bad.to_str().unwrap()]));
+    assert!(out.contains("aliases.\"info@localhost\""), "{out}");
+
+    let s = TestServer::default();
+    s.add_user("alice@localhost");
+    let users_path = s.data_dir().join("users.toml");
+    let mut users: toml::Table = std::fs::read_to_string(&users_path)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let table = users["users"].as_table_mut().unwrap();
+    let hash = table["alice@localhost"].clone();
+    table.insert("\"../../../escape\"@localhost".into(), hash);
+    std::fs::write(&users_path, toml::to_string(&users).unwrap()).unwrap();
+    let mut w = Wire::greeted(s.smtp);
+    assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+    let reply = w.cmd("RCPT TO:<\"../../../escape\"@localhost>");
+    if reply.starts_with("250 ") {
+        assert!(w.cmd("DATA").starts_with("354 "));
+        w.send(b"Subject: out\r\n\r\nbody\r\n.\r\n");
+        w.reply();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        !s.dir.path().join("escape").exists(),
+        "mail written outside"
+    );
+    assert!(reply.starts_with("550 "), "{reply}");
+    let log = s.log();
+    assert!(
+        log.contains("users file: user refused") && log.contains("escape"),
+        "{log}"
+    );
+    // The other users are kept.
+    assert!(w.cmd("RCPT TO:<alice@localhost>").starts_with("250 "));
+}
+
+fn uid_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().uid()
+}
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o777
+}
+
+/// Every entry under `dir` whose mode lets anyone but the owner in, but for `allowed`.
+fn open_to_others(dir: &std::path::Path, allowed: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                todo.push(path.clone());
+            }
+            let name = path.strip_prefix(dir).unwrap().display().to_string();
+            if mode_of(&path) & 0o077 != 0 && !allowed.contains(&name.as_str()) {
+                found.push(format!("{name} {:o}", mode_of(&path)));
+            }
+        }
+    }
+    found
+}
+
+/// Started with umask 000, the server (and `kurier user`) still keep everything to their
+/// user: the data directory and every directory in it 0700, every file 0600 (but the
+/// certificate, public by nature), so no other local user reads queued mail or mailboxes,
+/// nor opens and flocks kurier.lock to keep the server from starting.
+#[test]
+fn files_are_private_whatever_the_umask() {
+    let mut s = TestServer::configured("", "[delivery]\nenabled = false\n");
+    s.spawn_with_umask("000");
+    assert!(send_one(s.smtp, "queued").starts_with("250 "));
+    assert_eq!(s.queued().len(), 1);
+    s.add_user("alice@localhost");
+    assert_eq!(mode_of(&s.data_dir()), 0o700);
+    let public = ["tls/cert.pem"];
+    assert_eq!(open_to_others(&s.data_dir(), &public), Vec::<String>::new());
+    s.kill9();
+    s.set_tables("");
+    s.spawn_with_umask("000");
+    s.wait_for_mail("localhost", "postmaster", 1);
+    assert!(s.maildir("localhost", "postmaster").join("cur").is_dir());
+    assert_eq!(open_to_others(&s.data_dir(), &public), Vec::<String>::new());
+}
+
+/// Run as root on a data directory that belongs to the service user, `kurier user` and
+/// `kurier queue` (server down) become that user before touching it: links it planted in
+/// place of users.lock and kurier.lock, pointing at a file of root's, lead nowhere. What the
+/// commands write belongs to the service user.
+#[test]
+fn root_run_commands_do_not_follow_links_the_service_user_planted() {
+    if !nix_is_root() {
+        eprintln!("not root: nothing to become");
+        return;
+    }
+    let s = TestServer::configured("run_as = \"nobody\"", "");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let data = s.data_dir();
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw())).unwrap();
+    let victim = s.dir.path().join("shadow");
+    std::fs::write(&victim, "root:$6$secret:19000::::::\n").unwrap();
+    std::os::unix::fs::symlink(&victim, data.join("users.lock")).unwrap();
+    std::os::unix::fs::symlink(&victim, data.join("kurier.lock")).unwrap();
+    // The password file is root's own: read before the switch.
+    let pw = s.dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pw = pw.to_str().unwrap();
+    let add = ["user", "add", "alice@localhost", "--password-file", pw];
+    let out = s.cli(&add);
+    assert!(!out.status.success(), "user add followed users.lock");
+    let out = s.cli(&["queue", "hold", "0123456789abcdef01234"]);
+    assert!(!out.status.success(), "queue hold followed kurier.lock");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "root:$6$secret:19000::::::\n"
+    );
+    assert_eq!(uid_of(&victim), 0);
+    assert!(!data.join("users.toml").exists());
+    std::fs::remove_file(data.join("users.lock")).unwrap();
+    std::fs::remove_file(data.join("kurier.lock")).unwrap();
+    let out = s.cli(&add);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["users.toml", "users.lock"] {
+        assert_eq!(uid_of(&data.join(f)), nobody.uid.as_raw(), "{f}");
+        assert_eq!(mode_of(&data.join(f)), 0o600, "{f}");
+    }
+}
+
+/// `kurier serve` for a while (it stops on its own if it starts).
+fn serve_briefly(s: &TestServer) -> String {
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(BIN)
+        .args(["serve", "--config"])
+        .arg(s.config_path())
+        .arg("--data-dir")
+        .arg(s.data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Started as root with `run_as`, the server gives the service user a new or empty data
+/// directory (by its descriptor) and nothing else: a directory that is not Kurier's is
+/// refused, naming it; a Kurier directory of root's is refused with the one chown to run;
+/// files of root's in the service user's own directory stay root's.
+#[test]
+fn start_as_root_hands_over_no_foreign_files() {
+    if !nix_is_root() {
+        eprintln!("not root: privilege dropping cannot be exercised here");
+        return;
+    }
+    let mut s = TestServer::configured("run_as = \"nobody\"", "");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let data = s.data_dir();
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("precious"), "x").unwrap();
+    let err = serve_briefly(&s);
+    assert!(
+        err.contains(&format!("data directory {} is not empty", data.display()))
+            && err.contains("nothing of Kurier's"),
+        "{err}"
+    );
+    assert_eq!(uid_of(&data), 0);
+    assert_eq!(uid_of(&data.join("precious")), 0);
+    std::fs::write(data.join("users.toml"), "").unwrap();
+    let err = serve_briefly(&s);
+    assert!(
+        err.contains(&format!("chown -R nobody: {}", data.display())),
+        "{err}"
+    );
+    assert_eq!(uid_of(&data.join("precious")), 0);
+    std::os::unix::fs::chown(&data, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw())).unwrap();
+    s.spawn();
+    assert!(send_one(s.smtp, "as nobody").starts_with("250 "));
+    s.wait_for_mail("localhost", "postmaster", 1);
+    assert_eq!(uid_of(&data.join("precious")), 0);
+    assert_eq!(uid_of(&data.join("users.toml")), 0);
+    assert_eq!(uid_of(&data.join("spool")), nobody.uid.as_raw());
+    assert_eq!(mode_of(&data), 0o700);
+}

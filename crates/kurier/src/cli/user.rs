@@ -48,23 +48,25 @@ pub enum UserCommand {
 
 /// Carries out a `kurier user` command.
 pub fn run(cmd: &UserCommand, config: &Config, data_dir: &DataDir) -> anyhow::Result<()> {
+    // The password (perhaps from a file only root may read) before giving up root.
+    let password = match cmd {
+        UserCommand::Add { password_file, .. }
+        | UserCommand::Passwd { password_file, .. }
+        | UserCommand::Hash { password_file } => read_password(password_file.as_deref())?,
+        UserCommand::Del { .. } | UserCommand::List => String::new(),
+    };
+    if !matches!(cmd, UserCommand::Hash { .. }) {
+        super::as_data_dir_owner(config, data_dir)?;
+    }
     match cmd {
-        UserCommand::Add {
-            address,
-            password_file,
-        } => {
-            let password = read_password(password_file.as_deref())?;
+        UserCommand::Add { address, .. } => {
             users::change_user(config, data_dir, address, UserChange::Add, Some(&password))?;
             println!(
                 "added {address}; its mail goes to {}",
                 maildir_hint(data_dir, address)
             );
         }
-        UserCommand::Passwd {
-            address,
-            password_file,
-        } => {
-            let password = read_password(password_file.as_deref())?;
+        UserCommand::Passwd { address, .. } => {
             users::change_user(
                 config,
                 data_dir,
@@ -83,8 +85,7 @@ pub fn run(cmd: &UserCommand, config: &Config, data_dir: &DataDir) -> anyhow::Re
                 println!("{u}");
             }
         }
-        UserCommand::Hash { password_file } => {
-            let password = read_password(password_file.as_deref())?;
+        UserCommand::Hash { .. } => {
             println!("{}", users::hash_password(&password)?);
         }
     }
@@ -92,10 +93,12 @@ pub fn run(cmd: &UserCommand, config: &Config, data_dir: &DataDir) -> anyhow::Re
 }
 
 fn maildir_hint(data_dir: &DataDir, address: &str) -> String {
-    match kurier_smtp::Mailbox::parse(address) {
-        Ok(m) => data_dir.maildir(&m).display().to_string(),
-        Err(_) => data_dir.mail().display().to_string(),
-    }
+    kurier_smtp::Mailbox::parse(address)
+        .ok()
+        .and_then(|m| data_dir.maildir(&m).ok())
+        .unwrap_or_else(|| data_dir.mail())
+        .display()
+        .to_string()
 }
 
 /// The password from a file's first line, an interactive prompt (asked twice), or one line

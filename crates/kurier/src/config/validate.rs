@@ -181,7 +181,10 @@ impl Config {
                 ));
             }
             for t in targets.addresses() {
-                self.local_mailbox(&format!("aliases.\"{addr}\""), t)?;
+                let key = format!("aliases.\"{addr}\"");
+                self.local_mailbox(&key, t)?;
+                // A target is a mailbox, so a directory under mail/: it must be a safe name.
+                crate::data_dir::safe_mailbox_name(t).map_err(|m| invalid(&key, m))?;
             }
         }
         for (user, allowed) in &self.senders {
@@ -225,5 +228,31 @@ impl Config {
             ));
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// An alias target becomes a Maildir path: one that climbs out of `mail/` is refused
+    /// by `config check`, naming the alias.
+    #[test]
+    fn alias_targets_that_are_no_safe_mailbox_are_refused() {
+        for target in [
+            "\\\"../../../escape\\\"@localhost",
+            "\\\".hidden\\\"@localhost",
+        ] {
+            let text = format!("[aliases]\n\"info@localhost\" = \"{target}\"\n");
+            let e = Config::parse(&text).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("aliases.\"info@localhost\"")),
+                "{target}: {e:?}"
+            );
+        }
+        assert!(
+            Config::parse("[aliases]\n\"info@localhost\" = \"postmaster@localhost\"\n").is_ok()
+        );
     }
 }

@@ -45,12 +45,7 @@ impl Engine {
                         let headers = format!("Return-Path: {sender}\nDelivered-To: {t}\n");
                         // A DMARC failure that was not refused: the recipient's Junk folder
                         // (Maildir++ ".Junk"), if its domain's policy quarantines.
-                        let folder = if env.junk && quarantines {
-                            maildir::junk_folder(&self.directory.maildir(t))
-                        } else {
-                            self.directory.maildir(t)
-                        };
-                        match self.local.write(&folder, &headers, body) {
+                        match self.write_copy(t, env.junk && quarantines, &headers, body) {
                             Ok(p) => {
                                 maillog::delivered_local(&id, &r.address, t, &p);
                                 paths.push(p.display().to_string());
@@ -89,5 +84,26 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// One copy into the Maildir of `target` (its Junk folder when `junk`). The Maildir's
+    /// path comes from the one check of addresses that become paths; a name that fails it
+    /// (it cannot pass config validation or the users file's load) is a local error.
+    fn write_copy(
+        &self,
+        target: &kurier_smtp::Mailbox,
+        junk: bool,
+        headers: &str,
+        body: &[u8],
+    ) -> Result<std::path::PathBuf, String> {
+        let maildir = self.directory.maildir(target).map_err(|e| e.to_string())?;
+        let folder = if junk {
+            maildir::junk_folder(&maildir)
+        } else {
+            maildir
+        };
+        self.local
+            .write(&folder, headers, body)
+            .map_err(|e| e.to_string())
     }
 }

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use kurier_smtp::{Domain, Mailbox};
 
 use crate::config::Config;
-use crate::data_dir::DataDir;
+use crate::data_dir::{DataDir, UnsafeMailboxName};
 
 pub mod password;
 pub mod users;
@@ -109,8 +109,9 @@ impl Directory {
         self.domains.first()
     }
 
-    /// The Maildir of a local mailbox: `<data_dir>/mail/<domain>/<local part>/`.
-    pub fn maildir(&self, m: &Mailbox) -> PathBuf {
+    /// The Maildir of a local mailbox: `<data_dir>/mail/<domain>/<local part>/`, refused
+    /// for a name that is no safe path component (see [`DataDir::maildir`]).
+    pub fn maildir(&self, m: &Mailbox) -> Result<PathBuf, UnsafeMailboxName> {
         self.data_dir.maildir(m)
     }
 
@@ -126,12 +127,7 @@ impl Directory {
         if cache.stamp != stamp {
             match users::read_users_file(&self.users_path) {
                 Ok(file) => {
-                    let users = file
-                        .users
-                        .into_iter()
-                        .filter_map(|(k, v)| Some((address_key(&Mailbox::parse(&k).ok()?), v)))
-                        .collect();
-                    cache.users = Arc::new(users);
+                    cache.users = Arc::new(users::checked_users(file, &self.users_path));
                     cache.stamp = stamp;
                 }
                 Err(e) => {
@@ -313,7 +309,7 @@ mod tests {
             Resolution::Local(vec![mb("alice@example.test")])
         );
         assert_eq!(
-            d.maildir(&mb("Alice@example.test")),
+            d.maildir(&mb("Alice@example.test")).unwrap(),
             dir.path().join("mail/example.test/alice")
         );
     }

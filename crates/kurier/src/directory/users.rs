@@ -2,9 +2,10 @@
 //! through the one durable write, so a running server never sees a half-written file and
 //! picks the change up at its next lookup.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use argon2::{Argon2, PasswordHasher};
@@ -15,7 +16,7 @@ use thiserror::Error;
 use super::address_key;
 use crate::config::Config;
 use crate::data_dir::{DataDir, safe_mailbox_name};
-use crate::fsutil::{WriteOptions, owner_for, write_atomic};
+use crate::fsutil::{WriteOptions, write_atomic};
 
 /// Failures managing users.
 #[derive(Debug, Error)]
@@ -65,6 +66,32 @@ pub(super) fn read_users_file(path: &Path) -> Result<UsersFile, DirectoryError> 
     }
 }
 
+/// The users of a users file as the server looks them up (keys as [`address_key`]). A key
+/// that is no address, or no safe mailbox name (the file can be edited by hand: a key such
+/// as `"../../../escape"@localhost` would lead delivery outside the data directory), is
+/// left out with a warning naming it.
+pub(super) fn checked_users(file: UsersFile, path: &Path) -> HashMap<String, String> {
+    file.users
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let checked = safe_mailbox_name(&k)
+                .and_then(|()| Mailbox::parse(&k).map_err(|e| format!("{k:?}: {e}")));
+            match checked {
+                Ok(m) => Some((address_key(&m), v)),
+                Err(reason) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        key = ?k,
+                        %reason,
+                        "users file: user refused"
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// Hashes a password with argon2id (PHC string).
 pub fn hash_password(password: &str) -> Result<String, DirectoryError> {
     Argon2::default()
@@ -108,8 +135,12 @@ pub fn change_user(
         path: path.clone(),
         message: e.to_string(),
     };
-    fs::create_dir_all(data_dir.root()).map_err(file_err)?;
-    let lock = fs::File::create(data_dir.users_lock()).map_err(file_err)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir.root())
+        .map_err(file_err)?;
+    let lock = open_lock(&data_dir.users_lock()).map_err(file_err)?;
     lock.lock().map_err(file_err)?;
     let mut file = read_users_file(&path)?;
     match change {
@@ -131,14 +162,24 @@ pub fn change_user(
         "# Kurier users: address = argon2 password hash. Managed by `kurier user`.\n{}",
         toml::to_string_pretty(&file).map_err(|e| DirectoryError::Hash(e.to_string()))?
     );
-    // Started as root for a server that runs as another user: the file goes to the data
-    // directory's owner so the server can read it.
-    let options = WriteOptions {
-        owner: owner_for(data_dir.root()),
-        ..WriteOptions::private()
-    };
-    write_atomic(&path, &[text.as_bytes()], &options).map_err(file_err)?;
+    // Started as root for a server that runs as another user, the command has become the
+    // data directory's owner before it got here (see `server::privilege`); the file is
+    // written as that user, under a fresh random name, so a planted link is never followed.
+    write_atomic(&path, &[text.as_bytes()], &WriteOptions::private()).map_err(file_err)?;
     Ok(())
+}
+
+/// Opens (creating, mode 0600) a lock file without following a symbolic link and without
+/// truncating: whoever can write the data directory could otherwise point it at a file that
+/// the opener (root, in the worst case) would clobber.
+fn open_lock(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits())
+        .open(path)
 }
 
 /// Lists users from the users file and the config.
@@ -151,4 +192,53 @@ pub fn list_users(config: &Config, data_dir: &DataDir) -> Result<Vec<String>, Di
     users.sort();
     users.dedup();
     Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse("domains = [\"example.test\"]\n").unwrap()
+    }
+
+    /// Whoever owns the data directory may plant `users.lock` as a link to a file of
+    /// root's; `kurier user add` run as root must not truncate (or create) it.
+    #[test]
+    fn a_planted_lock_link_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"root's precious file\n").unwrap();
+        let data = dir.path().join("data");
+        fs::create_dir(&data).unwrap();
+        std::os::unix::fs::symlink(&victim, data.join("users.lock")).unwrap();
+        let r = change_user(
+            &config(),
+            &DataDir::new(&data),
+            "alice@example.test",
+            UserChange::Add,
+            Some("pw"),
+        );
+        assert!(r.is_err(), "the lock was opened through the link");
+        assert_eq!(fs::read(&victim).unwrap(), b"root's precious file\n");
+        assert!(!data.join("users.toml").exists());
+    }
+
+    /// A users file edited by hand with a key that would lead outside `mail/` loses that
+    /// user (with a warning); the others stay.
+    #[test]
+    fn users_file_keys_that_are_no_safe_mailbox_are_refused() {
+        let file: UsersFile = toml::from_str(
+            "[users]\n\"\\\"../../../escape\\\"@example.test\" = \"h1\"\n\"Bob@example.test\" = \"h2\"\n",
+        )
+        .unwrap();
+        assert_eq!(file.users.len(), 2);
+        let users = checked_users(file, Path::new("users.toml"));
+        assert_eq!(users.len(), 1);
+        assert_eq!(
+            users.get("bob@example.test").map(String::as_str),
+            Some("h2")
+        );
+    }
 }

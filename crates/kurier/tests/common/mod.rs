@@ -158,6 +158,21 @@ impl TestServer {
     /// Starts the binary and waits (bounded) until it has written its listening file (the
     /// process id and the bound addresses); on failure, the log.
     fn try_spawn(&mut self) -> Result<(), String> {
+        self.try_spawn_with(Command::new(BIN))
+    }
+
+    /// Starts the binary from `sh` with `umask MASK` (e.g. "000"), to see what it creates
+    /// whatever umask it inherits.
+    pub fn spawn_with_umask(&mut self, mask: &str) {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "umask \"$0\" && exec \"$@\"", mask, BIN]);
+        if let Err(log) = self.try_spawn_with(sh) {
+            panic!("server did not start:\n{log}");
+        }
+    }
+
+    /// `try_spawn` with the command that runs the binary (`sh … exec` keeps the process id).
+    fn try_spawn_with(&mut self, mut command: Command) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -166,7 +181,7 @@ impl TestServer {
         // A file left by a server killed with SIGKILL names another process.
         let listening = self.data_dir().join("listening");
         let _ = std::fs::remove_file(&listening);
-        let child = Command::new(BIN)
+        let child = command
             .args(["serve", "--config"])
             .arg(self.config_path())
             .arg("--data-dir")
