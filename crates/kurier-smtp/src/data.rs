@@ -120,6 +120,11 @@ impl DataDecoder {
         self.size
     }
 
+    /// Octets of message held in memory now (none once the message is refused).
+    pub fn held(&self) -> usize {
+        self.body.len()
+    }
+
     /// The first defect found, if any.
     pub fn defect(&self) -> Option<DataDefect> {
         self.defect

@@ -405,6 +405,21 @@ impl ServerSession {
         matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. })
     }
 
+    /// Octets the session holds for the current message: the data decoded so far (DATA, or
+    /// BDAT chunks until the last) and input not yet decoded. The driver reserves memory
+    /// for it.
+    pub fn message_bytes(&self) -> usize {
+        let decoded = match &self.phase {
+            Phase::Data(d) => d.held(),
+            _ => self
+                .tx
+                .as_ref()
+                .and_then(|tx| tx.chunks.as_ref())
+                .map_or(0, |d| d.held()),
+        };
+        decoded + self.input.len()
+    }
+
     /// True once the session has ended.
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed) && self.actions.is_empty()

@@ -455,3 +455,53 @@ fn hundreds_of_dkim_signatures_cost_a_few_lookups() {
     assert!(!keys.is_empty(), "no DKIM key was looked up");
     assert!(keys.len() <= 5, "{} key lookups: {keys:?}", keys.len());
 }
+
+#[test]
+fn message_data_in_transit_stays_within_the_memory_budget() {
+    // 2 MiB for all message data together; two clients hold about 1.8 MiB of it.
+    let s = TestServer::start(
+        "",
+        "[limits]\nmessage_size = 1048576\nmessage_memory = 2097152\n",
+    );
+    let start = |w: &mut Wire| {
+        assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+        assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+        assert!(w.cmd("DATA").starts_with("354 "));
+    };
+    let line = format!("{}\r\n", "x".repeat(998));
+    let (mut a, mut b, mut c) = (
+        Wire::greeted(s.smtp),
+        Wire::greeted(s.smtp),
+        Wire::greeted(s.smtp),
+    );
+    for w in [&mut a, &mut b] {
+        start(w);
+        w.send(format!("Subject: big\r\n\r\n{}", line.repeat(900)).as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The third finds the budget spent: it is not read, and after waiting gives way.
+    start(&mut c);
+    let started = Instant::now();
+    c.send(line.repeat(400).as_bytes());
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let r = c.reply();
+    assert!(r.starts_with("421 4.3.1 Too much mail in progress"), "{r}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5),
+        "gave way after {waited:?}"
+    );
+    // The two holding it finish normally, and the memory is free again.
+    for w in [&mut a, &mut b] {
+        w.send(b".\r\n");
+        let r = w.reply();
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+    }
+    let mut d = Wire::greeted(s.smtp);
+    start(&mut d);
+    d.send(format!("Subject: after\r\n\r\n{}.\r\n", line.repeat(900)).as_bytes());
+    assert!(d.reply().starts_with("250 2.0.0"));
+    assert!(s.log().contains("message data memory budget spent"));
+}

@@ -194,6 +194,10 @@ pub struct Limits {
     /// On shutdown, how long transactions in progress may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Memory that message data being received may take, all sessions together, in
+    /// octets. A session that would go over it stops reading its client until others have
+    /// finished (after 10 s of waiting: 421 4.3.1). At least `message_size`.
+    pub message_memory: u64,
     /// A message that already has this many `Received:` fields is refused (554 5.4.6):
     /// it is looping (RFC 5321 §6.3).
     pub hops: usize,
@@ -503,6 +507,7 @@ impl Default for Limits {
             auth_failure_window: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(30),
             hops: 50,
+            message_memory: 256 * 1024 * 1024,
         }
     }
 }

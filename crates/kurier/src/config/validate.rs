@@ -106,6 +106,16 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
+        // One message of the largest size must fit, or its session would wait for ever.
+        if l.message_memory < l.message_size.saturating_add(1024 * 1024) {
+            return Err(invalid(
+                "limits.message_memory",
+                format!(
+                    "must be at least limits.message_size + 1 MiB ({} octets)",
+                    l.message_size.saturating_add(1024 * 1024)
+                ),
+            ));
+        }
         for (key, value) in [
             ("limits.command_timeout", l.command_timeout),
             ("limits.data_timeout", l.data_timeout),

@@ -162,9 +162,7 @@ fn unique_name(host: &str) -> String {
 /// Returns the path of the new file.
 pub fn deliver(dir: &Path, host: &str, headers: &str, message: &[u8]) -> io::Result<PathBuf> {
     let folder = open_folder(dir)?;
-    let mut content = Vec::with_capacity(headers.len() + message.len());
-    content.extend_from_slice(headers.as_bytes());
-    crlf_to_lf(message, &mut content);
+    let content = Content { headers, message };
     let name = format!("{},S={}", unique_name(host), content.len());
     let path = dir.join("new").join(&name);
     if TMPFILE_WORKS.load(Ordering::Relaxed) {
@@ -179,7 +177,7 @@ pub fn deliver(dir: &Path, host: &str, headers: &str, message: &[u8]) -> io::Res
 
 /// Writes `content` as an unnamed file in `new_dir`, fsyncs it, and links it as `name`.
 /// Returns false when the file system does not support `O_TMPFILE`.
-fn write_unnamed(new_dir: &OwnedFd, name: &str, content: &[u8]) -> io::Result<bool> {
+fn write_unnamed(new_dir: &OwnedFd, name: &str, content: &Content<'_>) -> io::Result<bool> {
     let opened = openat(
         new_dir,
         ".",
@@ -192,7 +190,7 @@ fn write_unnamed(new_dir: &OwnedFd, name: &str, content: &[u8]) -> io::Result<bo
         Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
-    f.write_all(content)?;
+    content.write_to(&mut f)?;
     f.sync_all()?;
     // linkat through /proc/self/fd works without privileges (AT_EMPTY_PATH would need them).
     let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
@@ -209,7 +207,7 @@ fn write_unnamed(new_dir: &OwnedFd, name: &str, content: &[u8]) -> io::Result<bo
 /// Maildir's own protocol, relative to the folder's descriptors: a new file in `tmp/`
 /// (created exclusively, so a name planted there is never followed), fsync, rename into
 /// `new/`, fsync of `new/`. A failed write leaves nothing in `tmp/`.
-fn write_through_tmp(folder: &Folder, name: &str, content: &[u8]) -> io::Result<()> {
+fn write_through_tmp(folder: &Folder, name: &str, content: &Content<'_>) -> io::Result<()> {
     let fd = openat(
         &folder.tmp,
         name,
@@ -218,7 +216,7 @@ fn write_through_tmp(folder: &Folder, name: &str, content: &[u8]) -> io::Result<
     )?;
     let mut f = File::from(fd);
     let written = (|| {
-        f.write_all(content)?;
+        content.write_to(&mut f)?;
         f.sync_all()?;
         renameat(&folder.tmp, name, &folder.new, name)?;
         fsync(&folder.new).map_err(io::Error::from)
@@ -229,19 +227,41 @@ fn write_through_tmp(folder: &Folder, name: &str, content: &[u8]) -> io::Result<
     written
 }
 
-fn crlf_to_lf(input: &[u8], out: &mut Vec<u8>) {
+/// What goes into a Maildir file: our header fields, then the message with LF line ends,
+/// converted while it is written, so a large message is not copied in memory.
+struct Content<'a> {
+    headers: &'a str,
+    message: &'a [u8],
+}
+
+impl Content<'_> {
+    /// The file's size.
+    fn len(&self) -> usize {
+        let crlfs = self.message.windows(2).filter(|w| w == b"\r\n").count();
+        self.headers.len() + self.message.len() - crlfs
+    }
+
+    fn write_to(&self, f: &mut File) -> io::Result<()> {
+        let mut w = io::BufWriter::with_capacity(64 * 1024, f);
+        w.write_all(self.headers.as_bytes())?;
+        crlf_to_lf(self.message, &mut w)?;
+        w.flush()
+    }
+}
+
+fn crlf_to_lf(input: &[u8], out: &mut impl Write) -> io::Result<()> {
     let mut start = 0;
     let mut i = 0;
     while i + 1 < input.len() {
         if input[i] == b'\r' && input[i + 1] == b'\n' {
-            out.extend_from_slice(&input[start..i]);
+            out.write_all(&input[start..i])?;
             start = i + 1;
             i += 2;
         } else {
             i += 1;
         }
     }
-    out.extend_from_slice(&input[start..]);
+    out.write_all(&input[start..])
 }
 
 #[cfg(test)]
@@ -358,7 +378,7 @@ mod tests {
     #[test]
     fn crlf_conversion() {
         let mut out = Vec::new();
-        crlf_to_lf(b"a\r\nb\r\n\r\n", &mut out);
+        crlf_to_lf(b"a\r\nb\r\n\r\n", &mut out).unwrap();
         assert_eq!(out, b"a\nb\n\n");
     }
 }

@@ -19,7 +19,7 @@ use tokio_rustls::TlsStream;
 
 use super::Inbound;
 use super::read_clock::ReadClock;
-use crate::load::STRESS_TIMEOUT;
+use crate::load::{Reservation, STRESS_TIMEOUT};
 use crate::maillog;
 use crate::policy::{Client, Transaction};
 use crate::shutdown::Shutdown;
@@ -34,6 +34,10 @@ const READ_BUFFER: usize = 16 * 1024;
 /// How long the client's name (reverse DNS, confirmed forward) may take to look up; it is
 /// looked up on the side and used only if known by the time a message is committed.
 pub const RDNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a session waits for memory for message data before it gives up with 421
+/// (when every session waits for another to finish, some must give way).
+pub const MEMORY_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a connection ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +190,7 @@ async fn run(
         summary,
         rdns: Some(rdns),
         client_name: None,
+        memory: Reservation::default(),
     };
     driver.serve(conn, shutdown).await
 }
@@ -212,6 +217,8 @@ struct Driver<'a> {
     summary: &'a mut Summary,
     rdns: Option<JoinHandle<Option<String>>>,
     client_name: Option<String>,
+    /// The part of the memory budget held for this session's message data.
+    memory: Reservation,
 }
 
 impl Driver<'_> {
@@ -247,6 +254,9 @@ impl Driver<'_> {
                 clock.replied(Instant::now());
             }
             self.summary.helo = self.session.helo().map(str::to_string);
+            if self.reserve_memory(&mut clock, buf.len()).await {
+                continue;
+            }
             let in_data = self.session.in_message_data();
             let stressed = self.inbound.load.stressed();
             let timeout = clock.timeout(Instant::now(), in_data, limits, stressed);
@@ -297,6 +307,34 @@ impl Driver<'_> {
                 None
             }
         }
+    }
+
+    /// Reserves memory for the message data the session holds and the next read; while the
+    /// budget is spent, the client is not read (TCP backpressure), for at most
+    /// [`MEMORY_WAIT`], then the session ends with 421. True when it ended.
+    async fn reserve_memory(&mut self, clock: &mut ReadClock, next_read: usize) -> bool {
+        let held = self.session.message_bytes();
+        if held == 0 && !self.session.in_message_data() {
+            self.memory.release();
+            return false;
+        }
+        let want = (held + next_read) as u64;
+        if self.memory.covers(want) {
+            return false;
+        }
+        let started = Instant::now();
+        let budget = &self.inbound.memory;
+        let reserved = tokio::time::timeout(MEMORY_WAIT, budget.reserve(&mut self.memory, want));
+        if reserved.await.is_err() {
+            maillog::memory_budget_spent(self.peer.ip(), held);
+            self.memory.release();
+            let text = "Too much mail in progress, try again later";
+            self.session
+                .close_with(Reply::new(421, codes::SYSTEM_FULL, text));
+            return true;
+        }
+        clock.paused(started.elapsed());
+        false
     }
 
     fn check_mail(&mut self, from: &ReversePath, params: &MailParams) {

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::delivery::DeliveryHandle;
 use crate::dkim::Signers;
-use crate::load::Load;
+use crate::load::{Load, MemoryBudget};
 use crate::policy::Policy;
 
 pub mod driver;
@@ -43,4 +43,6 @@ pub struct Inbound {
     pub signers: Arc<Signers>,
     /// Open connections against the limit: near it, timeouts are cut.
     pub load: Arc<Load>,
+    /// Memory for message data in transit, shared by all sessions.
+    pub memory: MemoryBudget,
 }

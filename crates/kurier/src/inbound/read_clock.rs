@@ -35,6 +35,15 @@ impl ReadClock {
         self.last_reply = now;
     }
 
+    /// The session did not read for `d` (it waited for memory): that time is not the
+    /// client's.
+    pub(super) fn paused(&mut self, d: Duration) {
+        self.last_reply += d;
+        if let Some((started, _)) = &mut self.data {
+            *started += d;
+        }
+    }
+
     /// `n` octets were read (counted toward the data rate while in message data).
     pub(super) fn read(&mut self, n: usize) {
         if let Some((_, octets)) = &mut self.data {

@@ -14,16 +14,6 @@ use crate::policy::sender_auth::strip_forged;
 use crate::policy::{Client, Transaction};
 use crate::time::rfc5322;
 
-/// The message as it will be stored: header fields of ours, then what the client sent.
-struct Prepared {
-    /// Received, Authentication-Results, DKIM-Signature (each CRLF-terminated).
-    prefix: String,
-    /// The client's message, with forged Authentication-Results of ours removed.
-    message: Vec<u8>,
-    /// Failed DMARC without being refused.
-    junk: bool,
-}
-
 /// Builds the envelope, prepends our header fields, writes the message durably, and only
 /// then returns the queue id for the 250 reply. Failures become 451/452 (the client
 /// retries) or the policy's refusal.
@@ -41,7 +31,12 @@ pub async fn commit(
     let id = QueueId::generate();
     let now = crate::time::unix_now();
     let recipients = recipients(inbound, &message);
-    let prepared = headers(
+    // The message is worked on in its one buffer: forged results of ours are cut out in
+    // place and our header fields go in front (no copy of a large message).
+    let mut message = message;
+    let mut body = std::mem::take(&mut message.body);
+    strip_forged(&mut body, &inbound.config.hostname);
+    let (prefix, junk) = headers(
         inbound,
         client,
         client_name,
@@ -50,12 +45,11 @@ pub async fn commit(
         now,
         &recipients,
         &message,
+        &body,
     )
     .await?;
-    let mut body = Vec::with_capacity(prepared.prefix.len() + prepared.message.len());
-    body.extend_from_slice(prepared.prefix.as_bytes());
-    body.extend_from_slice(&prepared.message);
-    let envelope = envelope(id, now, client, &message, recipients, &body, prepared.junk);
+    body.splice(0..0, prefix.into_bytes());
+    let envelope = envelope(id, now, client, &message, recipients, &body, junk);
     let outcome = make_durable(inbound, envelope, body).await?;
     maillog::message_accepted(&outcome.0, &message, client.ip, outcome.1);
     Ok(outcome.0.id.to_string())
@@ -96,7 +90,8 @@ async fn headers(
     now: u64,
     recipients: &[RecipientState],
     message: &Message,
-) -> Result<Prepared, Reply> {
+    received: &[u8],
+) -> Result<(String, bool), Reply> {
     let config = &inbound.config;
     let single_rcpt = (recipients.len() == 1).then(|| recipients[0].address.to_string());
     let mut prefix = Received {
@@ -111,7 +106,6 @@ async fn headers(
         date: &rfc5322(now),
     }
     .to_header();
-    let received = strip_forged(&message.body, &config.hostname);
     let mut junk = false;
     if config.authentication.verify && client.role == Role::Smtp && message.auth_user.is_none() {
         let domains: Vec<&str> = recipients
@@ -121,27 +115,23 @@ async fn headers(
             .collect();
         let checked = inbound
             .policy
-            .check_sender(client, &message.from, &domains, tx, &received)
+            .check_sender(client, &message.from, &domains, tx, received)
             .await?;
         prefix.push_str(&checked.header);
         junk = checked.junk;
     }
     if message.auth_user.is_some() {
-        let domain = from_domain(&received)
+        let domain = from_domain(received)
             .or_else(|| message.from.mailbox().map(|m| m.domain().to_string()));
         if let Some(domain) = domain {
             let local = kurier_smtp::Domain::parse(&domain)
                 .is_ok_and(|d| inbound.policy.directory.is_local_domain(&d));
             if local && inbound.signers.has(&domain) {
-                prefix.push_str(&inbound.signers.sign(&domain, &received));
+                prefix.push_str(&inbound.signers.sign(&domain, received));
             }
         }
     }
-    Ok(Prepared {
-        prefix,
-        message: received,
-        junk,
-    })
+    Ok((prefix, junk))
 }
 
 /// The envelope of an accepted message.

@@ -111,6 +111,16 @@ pub fn auth_failed(peer: IpAddr, user: &str) {
     );
 }
 
+/// A session gave up waiting for memory for its message data (the budget was spent by
+/// others); `held` octets of its message are dropped, the client gets 421.
+pub fn memory_budget_spent(peer: IpAddr, held: usize) {
+    tracing::warn!(
+        peer = display(peer),
+        held,
+        "message data memory budget spent, closing with 421"
+    );
+}
+
 // Decisions about a sender or a message.
 
 /// A recipient deferred by greylisting.

@@ -31,7 +31,7 @@ use crate::dkim::Signers;
 use crate::dns::MxResolver;
 use crate::fsutil;
 use crate::inbound::Inbound;
-use crate::load::Load;
+use crate::load::{Load, MemoryBudget};
 use crate::maillog;
 use crate::policy::greylist::Greylist;
 use crate::policy::throttle::{AuthThrottle, RateLimit};
@@ -277,6 +277,7 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
         delivery,
         signers,
         load: load.clone(),
+        memory: MemoryBudget::new(config.limits.message_memory),
     });
     let limits = &config.limits;
     let limiter = listen::Limiter::new(limits.connections, limits.connections_per_ip, load);
