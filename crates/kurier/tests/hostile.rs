@@ -461,7 +461,7 @@ fn message_data_in_transit_stays_within_the_memory_budget() {
     // 2 MiB for all message data together; two clients hold about 1.8 MiB of it.
     let s = TestServer::start(
         "",
-        "[limits]\nmessage_size = 1048576\nmessage_memory = 2097152\n",
+        "[limits]\nmessage_size = 1048576\nmessage_memory = 2097152\nmessage_memory_wait = \"5s\"\n",
     );
     let start = |w: &mut Wire| {
         assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));

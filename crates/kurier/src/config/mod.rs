@@ -196,8 +196,11 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Memory that message data being received may take, all sessions together, in
     /// octets. A session that would go over it stops reading its client until others have
-    /// finished (after 10 s of waiting: 421 4.3.1). At least `message_size`.
+    /// finished (after `message_memory_wait`: 421 4.3.1). At least `message_size` + 1 MiB.
     pub message_memory: u64,
+    /// How long a session waits for `message_memory` before it gives way.
+    #[serde(with = "humantime_serde")]
+    pub message_memory_wait: Duration,
     /// A message that already has this many `Received:` fields is refused (554 5.4.6):
     /// it is looping (RFC 5321 §6.3).
     pub hops: usize,
@@ -508,6 +511,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(30),
             hops: 50,
             message_memory: 256 * 1024 * 1024,
+            message_memory_wait: Duration::from_secs(60),
         }
     }
 }

@@ -119,6 +119,8 @@ impl Config {
         for (key, value) in [
             ("limits.command_timeout", l.command_timeout),
             ("limits.data_timeout", l.data_timeout),
+            ("limits.tls_handshake_timeout", l.tls_handshake_timeout),
+            ("limits.message_memory_wait", l.message_memory_wait),
         ] {
             if value < Duration::from_secs(1) {
                 return Err(invalid(key, "must be at least 1s"));

@@ -35,10 +35,6 @@ const READ_BUFFER: usize = 16 * 1024;
 /// looked up on the side and used only if known by the time a message is committed.
 pub const RDNS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a session waits for memory for message data before it gives up with 421
-/// (when every session waits for another to finish, some must give way).
-pub const MEMORY_WAIT: Duration = Duration::from_secs(10);
-
 /// Why a connection ended, for its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -311,7 +307,8 @@ impl Driver<'_> {
 
     /// Reserves memory for the message data the session holds and the next read; while the
     /// budget is spent, the client is not read (TCP backpressure), for at most
-    /// [`MEMORY_WAIT`], then the session ends with 421. True when it ended.
+    /// `limits.message_memory_wait`, then the session ends with 421 (when every session
+    /// waits for another to finish, some must give way). True when it ended.
     async fn reserve_memory(&mut self, clock: &mut ReadClock, next_read: usize) -> bool {
         let held = self.session.message_bytes();
         if held == 0 && !self.session.in_message_data() {
@@ -324,7 +321,8 @@ impl Driver<'_> {
         }
         let started = Instant::now();
         let budget = &self.inbound.memory;
-        let reserved = tokio::time::timeout(MEMORY_WAIT, budget.reserve(&mut self.memory, want));
+        let wait = self.inbound.config.limits.message_memory_wait;
+        let reserved = tokio::time::timeout(wait, budget.reserve(&mut self.memory, want));
         if reserved.await.is_err() {
             maillog::memory_budget_spent(self.peer.ip(), held);
             self.memory.release();
