@@ -165,9 +165,12 @@ pub enum CommandError {
     /// The recipient address is malformed.
     #[error("bad recipient address: {0}")]
     BadRecipient(AddressError),
-    /// A known parameter has an invalid value or is repeated.
+    /// A known parameter has an invalid value.
     #[error("invalid parameter {0}")]
     BadParameter(String),
+    /// A parameter with a value given twice (a repeated valueless keyword is accepted).
+    #[error("repeated parameter {0}")]
+    RepeatedParameter(String),
     /// A parameter Kurier does not offer.
     #[error("unsupported parameter {0}")]
     UnknownParameter(String),
@@ -206,6 +209,9 @@ impl CommandError {
                 codes::BAD_ARGS,
                 format!("Invalid value for parameter {p}"),
             ),
+            CommandError::RepeatedParameter(p) => {
+                Reply::new(501, codes::BAD_ARGS, format!("Parameter {p} repeated"))
+            }
             CommandError::UnknownParameter(p) => Reply::new(
                 555,
                 codes::BAD_ARGS,
@@ -323,6 +329,17 @@ fn parse_mail(args: &str) -> Result<Command, CommandError> {
     let mut p = MailParams::default();
     for (key, value) in params(rest) {
         let bad = || CommandError::BadParameter(key.clone());
+        let given = match key.as_str() {
+            "SIZE" => p.size.is_some(),
+            "BODY" => p.body.is_some(),
+            "RET" => p.ret.is_some(),
+            "ENVID" => p.envid.is_some(),
+            "AUTH" => p.auth.is_some(),
+            _ => false,
+        };
+        if given && value.is_some() {
+            return Err(CommandError::RepeatedParameter(key));
+        }
         match (key.as_str(), value) {
             ("SIZE", Some(v)) if p.size.is_none() => {
                 if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -340,7 +357,8 @@ fn parse_mail(args: &str) -> Result<Command, CommandError> {
                     _ => return Err(bad()),
                 });
             }
-            ("SMTPUTF8", None) if !p.smtputf8 => p.smtputf8 = true,
+            // Python's smtplib may send it twice; harmless (Postfix accepts it too).
+            ("SMTPUTF8", None) => p.smtputf8 = true,
             ("RET", Some(v)) if p.ret.is_none() => {
                 p.ret = Some(match v.to_ascii_uppercase().as_str() {
                     "FULL" => Ret::Full,
@@ -380,6 +398,14 @@ fn parse_rcpt(args: &str) -> Result<Command, CommandError> {
     let mut p = RcptParams::default();
     for (key, value) in params(rest) {
         let bad = || CommandError::BadParameter(key.clone());
+        let given = match key.as_str() {
+            "NOTIFY" => p.notify.is_some(),
+            "ORCPT" => p.orcpt.is_some(),
+            _ => false,
+        };
+        if given && value.is_some() {
+            return Err(CommandError::RepeatedParameter(key));
+        }
         match (key.as_str(), value) {
             ("NOTIFY", Some(v)) if p.notify.is_none() => {
                 let mut n = Notify::default();
@@ -593,7 +619,18 @@ mod tests {
         let bad = |l: &str| matches!(err(l), CommandError::BadParameter(_));
         assert!(bad("MAIL FROM:<a@b.test> SIZE=abc"));
         assert!(bad("MAIL FROM:<a@b.test> SIZE="));
-        assert!(bad("MAIL FROM:<a@b.test> SIZE=1 SIZE=2"));
+        let repeated = |l: &str| {
+            matches!(err(l), CommandError::RepeatedParameter(_))
+                && err(l).reply().lines[0].ends_with("repeated")
+        };
+        assert!(repeated("MAIL FROM:<a@b.test> SIZE=1 SIZE=2"));
+        assert!(repeated("MAIL FROM:<a@b.test> ENVID=a envid=b"));
+        assert!(repeated("RCPT TO:<a@b.test> NOTIFY=NEVER NOTIFY=SUCCESS"));
+        // A valueless keyword twice is harmless (Python's smtplib sends SMTPUTF8 twice).
+        let Command::Mail { params, .. } = ok("MAIL FROM:<a@b.test> SMTPUTF8 SMTPUTF8") else {
+            panic!()
+        };
+        assert!(params.smtputf8);
         assert!(bad("MAIL FROM:<a@b.test> BODY=9BIT"));
         assert!(bad("MAIL FROM:<a@b.test> RET=ALL"));
         assert!(bad("MAIL FROM:<a@b.test> ENVID=a+zz"));

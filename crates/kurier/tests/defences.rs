@@ -444,7 +444,7 @@ fn dmarc_quarantine_goes_to_junk_and_spf_fail_can_be_refused() {
     let strict = TestServer::start(
         "",
         &format!(
-            "{}\n[authentication]\nreject_spf_fail = true\n",
+            "{}\n[authentication]\nreject_spf_fail = true\nexempt_networks = []\n",
             dns.config()
         ),
     );

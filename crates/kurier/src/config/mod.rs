@@ -257,6 +257,9 @@ pub struct AuthenticationConfig {
     /// Deliver mail that fails DMARC under `p=quarantine` (or `p=reject` with
     /// `dmarc_reject` off) into the recipient's Junk folder. When off, into the inbox.
     pub dmarc_quarantine: bool,
+    /// Clients in these networks are not checked (like Postfix's `mynetworks`): by default
+    /// loopback, so local programs and a developer's own machine do not depend on outside DNS.
+    pub exempt_networks: Vec<ipnet::IpNet>,
     /// The same three policies for one local domain (the recipient's), overriding the
     /// defaults above. After DATA one reply covers every recipient, so a message is refused
     /// when the policy of any of its recipients' domains refuses it.
@@ -267,6 +270,10 @@ impl Default for AuthenticationConfig {
     fn default() -> Self {
         AuthenticationConfig {
             verify: true,
+            exempt_networks: vec![
+                "127.0.0.0/8".parse().unwrap_or(ipnet::IpNet::default()),
+                "::1/128".parse().unwrap_or(ipnet::IpNet::default()),
+            ],
             reject_spf_fail: false,
             dmarc_reject: true,
             dmarc_quarantine: true,

@@ -107,7 +107,16 @@ async fn headers(
     }
     .to_header();
     let mut junk = false;
-    if config.authentication.verify && client.role == Role::Smtp && message.auth_user.is_none() {
+    let exempt = config
+        .authentication
+        .exempt_networks
+        .iter()
+        .any(|n| n.contains(&client.ip));
+    if config.authentication.verify
+        && !exempt
+        && client.role == Role::Smtp
+        && message.auth_user.is_none()
+    {
         let domains: Vec<&str> = recipients
             .iter()
             .filter(|r| r.local)

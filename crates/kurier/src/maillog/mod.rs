@@ -143,6 +143,19 @@ pub fn sender_auth_refused(from: &ReversePath, client: IpAddr, reply: &Reply) {
     );
 }
 
+/// A message deferred because a DNS lookup of sender authentication failed: which one,
+/// through which resolver, and the setting that turns the checks off.
+pub fn sender_auth_deferred(from: &ReversePath, client: IpAddr, lookup: &str, resolver: &str) {
+    tracing::warn!(
+        from = escaped(from),
+        client = display(client),
+        lookup = escaped(lookup),
+        resolver,
+        hint = "check the resolver, or set [authentication] verify = false or exempt_networks",
+        "message deferred: sender authentication lookup failed"
+    );
+}
+
 /// SPF made a permerror of a result mail-auth let pass; `domain` is the checked identity.
 pub fn spf_permerror(domain: &str, reason: &str) {
     tracing::debug!(

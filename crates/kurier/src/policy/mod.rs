@@ -330,7 +330,18 @@ impl Policy {
         let verdict = evaluation.decide(&policies);
         match verdict.refusal {
             Some(reply) => {
-                maillog::sender_auth_refused(from, client.ip, &reply);
+                match &evaluation.temporary {
+                    Some(lookup) => {
+                        let servers = &self.config.dns.servers;
+                        let resolver = if servers.is_empty() {
+                            "the system's resolver (/etc/resolv.conf)".to_string()
+                        } else {
+                            servers.join(", ")
+                        };
+                        maillog::sender_auth_deferred(from, client.ip, lookup, &resolver);
+                    }
+                    None => maillog::sender_auth_refused(from, client.ip, &reply),
+                }
                 Err(reply)
             }
             None => Ok(SenderChecked {

@@ -28,8 +28,8 @@ use crate::header::{header_section, parse_field, raw_fields};
 pub struct Evaluation {
     /// The Authentication-Results header field, CRLF-terminated.
     pub header: String,
-    /// A DNS failure (or the deadline) kept a check from finishing.
-    pub temporary: bool,
+    /// A DNS failure (or the deadline) kept a check from finishing: which lookup.
+    pub temporary: Option<String>,
     /// SPF said "fail" for this domain.
     pub spf_fail: Option<String>,
     /// DMARC failed for this From: domain, which publishes this policy.
@@ -60,7 +60,9 @@ impl Evaluation {
                 codes::NOT_AUTHORIZED,
                 format!("Message rejected: it fails the DMARC policy (p=reject) of {domain}"),
             )),
-            _ if self.temporary => Some(temporary_failure()),
+            _ if self.temporary.is_some() => Some(temporary_failure(
+                self.temporary.as_deref().unwrap_or("a record"),
+            )),
             (_, Some(domain)) if any(|p| p.reject_spf_fail) => Some(spf_refusal(domain, self.ip)),
             _ => None,
         };
@@ -100,7 +102,10 @@ pub async fn evaluate(
         Ok(e) => e,
         Err(_) => Evaluation {
             header: String::new(),
-            temporary: true,
+            temporary: Some(format!(
+                "the sender's records (no answer within {} s)",
+                DEADLINE.as_secs()
+            )),
             spf_fail: None,
             dmarc_fail: None,
             ip: check.ip,
@@ -108,11 +113,11 @@ pub async fn evaluate(
     }
 }
 
-fn temporary_failure() -> Reply {
+fn temporary_failure(what: &str) -> Reply {
     Reply::new(
         451,
         codes::SECURITY_TEMP,
-        "Temporary DNS failure while checking the sender (SPF/DKIM/DMARC), try again later",
+        format!("Temporary DNS failure looking up {what} to check the sender, try again later"),
     )
 }
 
@@ -150,7 +155,8 @@ async fn evaluate_now(
             .to_header();
         return Evaluation {
             header,
-            temporary: spf.result() == SpfResult::TempError,
+            temporary: (spf.result() == SpfResult::TempError)
+                .then(|| format!("the SPF record of {spf_domain}")),
             spf_fail,
             dmarc_fail: None,
             ip: c.ip,
@@ -193,8 +199,13 @@ async fn evaluate_now(
         .to_header();
     // DMARC's overall result: a pass of either aligned identifier passes (RFC 7489 §4.2).
     let dmarc_result = dmarc.result();
-    let temporary = matches!(spf.result(), SpfResult::TempError)
-        || matches!(dmarc_result, DmarcResult::TempError(_));
+    let temporary = if matches!(spf.result(), SpfResult::TempError) {
+        Some(format!("the SPF record of {spf_domain}"))
+    } else if matches!(dmarc_result, DmarcResult::TempError(_)) {
+        Some(format!("the DMARC record of {}", dmarc.domain()))
+    } else {
+        None
+    };
     let dmarc_fail = matches!(dmarc_result, DmarcResult::Fail(_))
         .then(|| (dmarc.domain().to_string(), dmarc.policy()));
     Evaluation {
@@ -335,6 +346,7 @@ mod tests {
     }
 
     fn evaluation(dmarc: Option<Policy>, spf_fail: bool, temporary: bool) -> Evaluation {
+        let temporary = temporary.then(|| "the SPF record of example.test".to_string());
         Evaluation {
             header: String::new(),
             temporary,

@@ -128,11 +128,16 @@ impl TestServer {
         }
         // Tests never reach the machine's resolver (or any non-loopback address): without a
         // test DNS server of its own, each server gets an empty zone on loopback.
-        let dns = self
+        let mut dns = self
             .own_dns
             .as_ref()
             .map(|d| d.config())
             .unwrap_or_default();
+        // Tests send from loopback and expect sender authentication (the default exempts
+        // loopback), unless the test sets its own table.
+        if !self.tables.contains("[authentication]") {
+            dns.push_str("[authentication]\nexempt_networks = []\n");
+        }
         let text = format!(
             "{defaults}{top}\n\
              [[listeners]]\naddress = \"{}:{}\"\nrole = \"smtp\"\n\
