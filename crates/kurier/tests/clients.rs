@@ -9,7 +9,8 @@ use std::process::Command;
 const MESSAGE: &[u8] = b"From: Sender <sender@example.test>\r\nTo: postmaster@localhost\r\nSubject: byte for byte\r\nMessage-ID: <t1@example.test>\r\n\r\nLine one\r\n.leading dot\r\n..two dots\r\n\r\nlast line\r\n";
 
 /// What alice submits after AUTH: her own From: (others' addresses are refused).
-const ALICE_MESSAGE: &[u8] = b"From: Alice <alice@localhost>\r\nTo: someone\r\nSubject: from alice\r\n\r\n.dot line\r\nlast line\r\n";
+/// A mail program's message: with Date: and Message-ID:, so it is delivered byte for byte.
+const ALICE_MESSAGE: &[u8] = b"From: Alice <alice@localhost>\r\nTo: someone\r\nSubject: from alice\r\nDate: Thu, 03 Dec 2026 07:00:00 +0000\r\nMessage-ID: <a1@localhost>\r\n\r\n.dot line\r\nlast line\r\n";
 
 fn message_file(s: &TestServer) -> String {
     let p = s.dir.path().join("message.eml");
@@ -423,4 +424,30 @@ print("done")
     );
     assert!(out.contains("done"), "{out}");
     s.wait_for_mail("localhost", "postmaster", 2);
+}
+
+#[test]
+fn submission_without_date_or_message_id_gets_both() {
+    let s = TestServer::default();
+    s.add_user("alice@localhost");
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as c:
+    c.starttls(context=ctx); c.login("alice@localhost", sys.argv[2])
+    c.sendmail("alice@localhost", ["alice@localhost"], b"From: alice@localhost\r\nSubject: bare\r\n\r\nhi\r\n")
+"#;
+    run_ok(Command::new("python3").args(["-c", script, &s.submission.to_string(), PASSWORD]));
+    let mail = s.wait_for_mail("localhost", "alice", 1);
+    let (_, _, rest) = split_delivered(&mail[0]);
+    let text = String::from_utf8_lossy(&rest);
+    let header = text.split("\n\n").next().unwrap();
+    assert!(header.lines().any(|l| l.starts_with("Date: ")), "{text}");
+    assert!(
+        header
+            .lines()
+            .any(|l| l.starts_with("Message-ID: <") && l.ends_with("@mx.kurier.test>")),
+        "{text}"
+    );
+    assert!(text.ends_with("Subject: bare\n\nhi\n"), "{text}");
 }

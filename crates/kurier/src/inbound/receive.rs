@@ -8,6 +8,7 @@ use kurier_smtp::{Body, ForwardPath, Mailbox, Reply, Role, codes};
 use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, SpoolError};
 
 use super::Inbound;
+use crate::header::{fields, header_section};
 use crate::maillog;
 use crate::policy::header_fields;
 use crate::policy::sender_auth::strip_forged;
@@ -36,6 +37,9 @@ pub async fn commit(
     let mut message = message;
     let mut body = std::mem::take(&mut message.body);
     strip_forged(&mut body, &inbound.config.hostname);
+    if message.auth_user.is_some() {
+        add_missing_date_and_id(&mut body, &id, now, &inbound.config.hostname);
+    }
     let (prefix, junk) = headers(
         inbound,
         client,
@@ -53,6 +57,27 @@ pub async fn commit(
     let outcome = make_durable(inbound, envelope, body).await?;
     maillog::message_accepted(&outcome.0, &message, client.ip, outcome.1);
     Ok(outcome.0.id.to_string())
+}
+
+/// RFC 6409 §8.1, §8.3: a submission server may add the Date: and Message-ID: a client
+/// left out (RFC 5322 §3.6 requires the first and asks for the second; large receivers
+/// refuse mail without a Message-ID). They go in before DKIM signing, so they are signed.
+fn add_missing_date_and_id(body: &mut Vec<u8>, id: &QueueId, now: u64, hostname: &str) {
+    let counts = header_fields::count(body);
+    let mut missing = String::new();
+    if counts.date == 0 {
+        missing.push_str(&format!("Date: {}\r\n", rfc5322(now)));
+    }
+    if counts.message_id == 0 {
+        missing.push_str(&format!("Message-ID: <{id}@{hostname}>\r\n"));
+    }
+    if !missing.is_empty() {
+        // Text without a header gets one: the fields, then the empty line.
+        if fields(header_section(body)).next().is_none() && !body.starts_with(b"\r\n") {
+            missing.push_str("\r\n");
+        }
+        body.splice(0..0, missing.into_bytes());
+    }
 }
 
 /// The recipients' states, in RCPT order (`<postmaster>` is the primary domain's).
@@ -235,4 +260,43 @@ fn from_domain(body: &[u8]) -> Option<String> {
     let message = mail_parser::MessageParser::new().parse_headers(body)?;
     let address = message.from()?.first()?.address()?;
     Some(address.rsplit_once('@')?.1.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn added(message: &[u8]) -> String {
+        let mut body = message.to_vec();
+        let id = QueueId::generate();
+        add_missing_date_and_id(&mut body, &id, 1_796_000_000, "mx.test");
+        String::from_utf8(body).unwrap().replace(id.as_str(), "ID")
+    }
+
+    #[test]
+    fn date_and_message_id_are_added_when_missing() {
+        let date = rfc5322(1_796_000_000);
+        assert_eq!(
+            added(b"Subject: s\r\n\r\nbody\r\n"),
+            format!("Date: {date}\r\nMessage-ID: <ID@mx.test>\r\nSubject: s\r\n\r\nbody\r\n")
+        );
+        let both = "Date: Thu, 3 Dec 2026 07:00:00 +0000\r\nMessage-Id: <x@y>\r\n\r\nb\r\n";
+        assert_eq!(added(both.as_bytes()), both);
+        assert_eq!(
+            added(b"Message-ID: <x@y>\r\n\r\nb\r\n"),
+            format!("Date: {date}\r\nMessage-ID: <x@y>\r\n\r\nb\r\n")
+        );
+        // Text without a header, and an empty message, get a header section.
+        assert_eq!(
+            added(b"just text\r\n"),
+            format!("Date: {date}\r\nMessage-ID: <ID@mx.test>\r\n\r\njust text\r\n")
+        );
+        assert_eq!(
+            added(b""),
+            format!("Date: {date}\r\nMessage-ID: <ID@mx.test>\r\n\r\n")
+        );
+        // "From:" in the body is not a field of the header.
+        assert!(added(b"\r\nDate: not a header\r\n").starts_with("Date: "));
+    }
 }

@@ -20,6 +20,10 @@ pub struct FieldCounts {
     pub sender: usize,
     /// Received: fields (hops so far).
     pub received: usize,
+    /// Date: fields.
+    pub date: usize,
+    /// Message-ID: fields.
+    pub message_id: usize,
     /// Fields that come after a line that is neither a field nor a continuation (no
     /// colon). Such a line alone (a message of text without a header) is harmless; a field
     /// after it is read by some parsers and not by others.
@@ -44,6 +48,10 @@ pub fn count(message: &[u8]) -> FieldCounts {
             c.sender += 1;
         } else if f.is("received") {
             c.received += 1;
+        } else if f.is("date") {
+            c.date += 1;
+        } else if f.is("message-id") {
+            c.message_id += 1;
         }
     }
     c
