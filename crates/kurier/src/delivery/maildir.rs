@@ -75,14 +75,22 @@ pub fn junk_folder(maildir: &Path) -> PathBuf {
 /// An open Maildir (or Maildir++ folder): the descriptors files are created through.
 struct Folder {
     dir: OwnedFd,
-    tmp: OwnedFd,
     new: OwnedFd,
+}
+
+impl Folder {
+    /// `tmp/`, opened only when it is needed (where O_TMPFILE is not supported).
+    fn tmp(&self) -> io::Result<OwnedFd> {
+        subdir(&self.dir, OsStr::new("tmp"))
+    }
 }
 
 /// Opens the Maildir at `path`, creating what is missing. The mailbox's own directories (the
 /// Maildir, a Maildir++ folder — a `.Name` right under its Maildir — and their `tmp/`,
 /// `new/`, `cur/`) are never followed if they are links; the directories above
-/// (`<data_dir>/mail/<domain>`) are the server's own and are reached by path.
+/// (`<data_dir>/mail/<domain>`) are the server's own and are reached by path. Each delivery
+/// costs few system calls: `tmp/` is opened only when needed, and `cur/` (never written by
+/// delivery) is made only with a new Maildir.
 fn open_folder(path: &Path) -> io::Result<Folder> {
     let name = |p: &Path| {
         p.file_name()
@@ -97,22 +105,31 @@ fn open_folder(path: &Path) -> io::Result<Folder> {
         }
         _ => (parent, vec![folder]),
     };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(base)?;
-    let mut dir = open(
-        base,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut dir = match open(base, flags, Mode::empty()) {
+        Err(Errno::ENOENT) => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(base)?;
+            open(base, flags, Mode::empty())?
+        }
+        other => other?,
+    };
     for component in &chain {
         dir = subdir(&dir, component)?;
     }
-    let tmp = subdir(&dir, OsStr::new("tmp"))?;
-    let new = subdir(&dir, OsStr::new("new"))?;
-    subdir(&dir, OsStr::new("cur"))?;
-    Ok(Folder { dir, tmp, new })
+    let new = match openat(&dir, "new", flags | OFlag::O_NOFOLLOW, Mode::empty()) {
+        Ok(fd) => fd,
+        // A new (or damaged) Maildir: all three, each refusing a link.
+        Err(Errno::ENOENT) => {
+            subdir(&dir, OsStr::new("tmp"))?;
+            subdir(&dir, OsStr::new("cur"))?;
+            subdir(&dir, OsStr::new("new"))?
+        }
+        Err(_) => subdir(&dir, OsStr::new("new"))?,
+    };
+    Ok(Folder { dir, new })
 }
 
 /// Opens (creating, 0700) the directory `name` in `parent`, refusing a symbolic link.
@@ -208,8 +225,9 @@ fn write_unnamed(new_dir: &OwnedFd, name: &str, content: &Content<'_>) -> io::Re
 /// (created exclusively, so a name planted there is never followed), fsync, rename into
 /// `new/`, fsync of `new/`. A failed write leaves nothing in `tmp/`.
 fn write_through_tmp(folder: &Folder, name: &str, content: &Content<'_>) -> io::Result<()> {
+    let tmp = folder.tmp()?;
     let fd = openat(
-        &folder.tmp,
+        &tmp,
         name,
         OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
@@ -218,11 +236,11 @@ fn write_through_tmp(folder: &Folder, name: &str, content: &Content<'_>) -> io::
     let written = (|| {
         content.write_to(&mut f)?;
         f.sync_all()?;
-        renameat(&folder.tmp, name, &folder.new, name)?;
+        renameat(&tmp, name, &folder.new, name)?;
         fsync(&folder.new).map_err(io::Error::from)
     })();
     if written.is_err() {
-        let _ = unlinkat(&folder.tmp, name, UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(&tmp, name, UnlinkatFlags::NoRemoveDir);
     }
     written
 }
