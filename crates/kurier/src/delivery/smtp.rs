@@ -367,11 +367,14 @@ impl Outbound {
         limits.retain(|_, sem| Arc::strong_count(sem) > 1);
     }
 
-    /// At shutdown: every pooled connection gets its QUIT.
+    /// At shutdown: every pooled connection gets its QUIT, all at once (each bounded by
+    /// [`QUIT_TIMEOUT`], so a silent peer holds the shutdown no longer than that).
     pub async fn close_all(&self) {
+        let mut closing = tokio::task::JoinSet::new();
         for close in self.close_idle(true) {
-            close.await;
+            closing.spawn(close);
         }
+        while closing.join_next().await.is_some() {}
     }
 
     /// Takes stale (or, with `all`, every) idle connection out of the pool; the futures
