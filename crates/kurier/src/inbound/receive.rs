@@ -155,7 +155,7 @@ async fn headers(
         junk = checked.junk;
     }
     if message.auth_user.is_some() {
-        let domain = from_domain(received)
+        let domain = header_fields::from_domain(received)
             .or_else(|| message.from.mailbox().map(|m| m.domain().to_string()));
         if let Some(domain) = domain {
             let local = kurier_smtp::Domain::parse(&domain)
@@ -253,13 +253,6 @@ fn local_error() -> Reply {
         codes::SYSTEM_TEMP,
         "Local error in processing, try again later",
     )
-}
-
-/// The domain of the (first) From: address, lower case.
-fn from_domain(body: &[u8]) -> Option<String> {
-    let message = mail_parser::MessageParser::new().parse_headers(body)?;
-    let address = message.from()?.first()?.address()?;
-    Some(address.rsplit_once('@')?.1.to_ascii_lowercase())
 }
 
 #[cfg(test)]

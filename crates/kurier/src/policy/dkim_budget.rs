@@ -21,7 +21,7 @@ pub fn limited(message: &[u8]) -> Option<Vec<u8>> {
     if signatures.len() <= MAX_SIGNATURES {
         return None;
     }
-    let from = from_domain(&fields);
+    let from = super::header_fields::from_domain(message);
     let aligned = |i: &usize| {
         let d = tag(fields[*i], "d").map(|d| d.to_ascii_lowercase());
         match (&from, d) {
@@ -49,21 +49,6 @@ fn aligned(from: &str, d: &str) -> bool {
         a.len() > b.len() && a.ends_with(b) && a.as_bytes()[a.len() - b.len() - 1] == b'.'
     };
     from == d || under(from, d) || under(d, from)
-}
-
-/// The domain of the (first) From: address, lower case.
-fn from_domain(fields: &[&[u8]]) -> Option<String> {
-    let value = fields
-        .iter()
-        .find_map(|raw| parse_field(raw).filter(|f| f.is("from")))?
-        .value;
-    let text = String::from_utf8_lossy(value);
-    let addr = match (text.rfind('<'), text.rfind('>')) {
-        (Some(a), Some(b)) if a < b => &text[a + 1..b],
-        _ => text.trim(),
-    };
-    let domain = addr.rsplit_once('@')?.1.trim();
-    Some(domain.trim_end_matches('>').to_ascii_lowercase())
 }
 
 /// A tag's value in a DKIM-Signature field (RFC 6376 §3.2: `tag=value;`, folding allowed).

@@ -91,6 +91,16 @@ pub fn author_addresses(message: &[u8]) -> Vec<(&'static str, Vec<String>)> {
     out
 }
 
+/// The domain of the first From: address, lower case: read like [`author_addresses`], so
+/// the domain a message is signed or judged as is the one the ownership check saw.
+pub fn from_domain(message: &[u8]) -> Option<String> {
+    author_addresses(message)
+        .into_iter()
+        .find(|(name, _)| *name == "From:")
+        .and_then(|(_, addresses)| addresses.into_iter().next())
+        .and_then(|a| Some(a.rsplit_once('@')?.1.to_ascii_lowercase()))
+}
+
 /// Refuses a message with repeated author fields or with `hop_limit` or more hops
 /// (`hop_limit` counts the Received: field we are about to add).
 pub fn check(message: &[u8], hop_limit: usize) -> Result<(), Reply> {
