@@ -332,6 +332,14 @@ pub fn running_as_root() {
     );
 }
 
+/// A data directory readable by other users was made owner-only (0700).
+pub fn data_dir_made_private(path: &Path) {
+    tracing::warn!(
+        path = escaped(path.display()),
+        "the data directory was readable by other users: made it 0700"
+    );
+}
+
 /// The listening file (pid and bound addresses) could not be written.
 pub fn listening_file_not_written(path: &Path, error: &std::io::Error) {
     tracing::warn!(

@@ -164,6 +164,11 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
     }
     let dir_err = |path: PathBuf| move |source| StartError::DataDir { path, source };
     std::fs::create_dir_all(data_dir.root()).map_err(dir_err(data_dir.root().to_path_buf()))?;
+    match privilege::make_private(data_dir.root()) {
+        Ok(true) => maillog::data_dir_made_private(data_dir.root()),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot make the data directory private"),
+    }
     let lock_path = data_dir.server_lock();
     let lock = std::fs::File::create(&lock_path).map_err(dir_err(lock_path))?;
     if lock.try_lock().is_err() {

@@ -167,6 +167,31 @@ fn hand_over(data_dir: &Path, user: &User) -> Result<(), HandOverError> {
     fchmod(&dir, Mode::from_bits_truncate(0o700)).map_err(|e| io_err(e.into()))
 }
 
+/// A data directory the server runs in as its owner (started without `run_as`) is made
+/// owner-only when it is Kurier's and readable by others (one made by an earlier version,
+/// 0755): the queue and the mailboxes are private, and no other local user may open and
+/// flock `kurier.lock`. A directory that holds nothing of Kurier's (a home directory given as
+/// `data_dir`) keeps its mode. True when the mode was changed.
+pub fn make_private(data_dir: &Path) -> Result<bool, HandOverError> {
+    let io_err = |e: io::Error| HandOverError::Io(data_dir.to_path_buf(), e);
+    let dir = open(
+        data_dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(e.into()))?;
+    let stat = fstat(&dir).map_err(|e| io_err(e.into()))?;
+    if stat.st_uid != nix::unistd::geteuid().as_raw() || stat.st_mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    let names = entries(&dir).map_err(io_err)?;
+    if !names.is_empty() && !names.iter().any(|n| is_kurier_entry(n)) {
+        return Ok(false);
+    }
+    fchmod(&dir, Mode::from_bits_truncate(0o700)).map_err(|e| io_err(e.into()))?;
+    Ok(true)
+}
+
 /// The directory's entries other than `.`, `..` and a file system's `lost+found`.
 fn entries(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
     let mut d = nix::dir::Dir::openat(
@@ -301,5 +326,30 @@ mod tests {
         assert_eq!(uid_of(&dir.join("mail")), 0);
         assert_eq!(uid_of(&outside.join("root-file")), 0);
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    }
+
+    /// Started without `run_as`: an earlier version's 0755 data directory becomes 0700, a
+    /// directory with nothing of Kurier's in it (a home directory) keeps its mode.
+    #[test]
+    fn an_own_kurier_directory_readable_by_others_is_made_private() {
+        let top = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        let old = top.path().join("old");
+        fs::create_dir_all(old.join("spool")).unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(make_private(&old).unwrap());
+        assert_eq!(mode(&old), 0o700);
+        assert!(!make_private(&old).unwrap(), "already private");
+        let home = top.path().join("home");
+        fs::create_dir(&home).unwrap();
+        fs::write(home.join(".profile"), b"x").unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o751)).unwrap();
+        assert!(!make_private(&home).unwrap());
+        assert_eq!(mode(&home), 0o751);
+        let empty = top.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        fs::set_permissions(&empty, fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(make_private(&empty).unwrap());
+        assert_eq!(mode(&empty), 0o700);
     }
 }
