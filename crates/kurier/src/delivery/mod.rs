@@ -2,8 +2,8 @@
 //! and remote ones over SMTP, retries temporary failures on a schedule, gives up after the
 //! maximum lifetime, and reports back to the sender with DSNs (RFC 3464).
 //!
-//! Accepted messages arrive as [`Job`]s (envelope and bytes, so nothing is read back from
-//! disk on the hot path); messages found in the spool at startup and retries are loaded from
+//! Accepted messages arrive as [`Job`]s (envelope and, up to [`CARRIED_BODY`], bytes, so
+//! nothing is read back from disk on the hot path); messages found in the spool at startup and retries are loaded from
 //! the spool. Each recipient's outcome is recorded in the spool before the message leaves it,
 //! so a crash at any point repeats a delivery at worst, never loses one. A per-message lock
 //! keeps deliveries and admin commands (`kurier queue …`) from touching a message at once.
@@ -73,7 +73,7 @@ impl DeliveryHandle {
         };
         let job = Job {
             envelope,
-            body: Some(body),
+            body: carried(body),
         };
         if let Err(mpsc::error::TrySendError::Full(job)) = tx.try_send(job) {
             self.engine
@@ -106,6 +106,17 @@ impl DeliveryHandle {
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
+}
+
+/// The largest message a [`Job`] carries in memory. A larger one is read back from the
+/// spool by the worker that takes it, so the jobs waiting in the channel (up to its 256)
+/// hold at most 64 MiB of message data, however large the messages and however long the
+/// workers are busy; the small ones, nearly all mail, still skip the read.
+pub const CARRIED_BODY: usize = 256 * 1024;
+
+/// The body a job carries: the message's bytes when they are small enough.
+fn carried(body: Arc<Vec<u8>>) -> Option<Arc<Vec<u8>>> {
+    (body.len() <= CARRIED_BODY).then_some(body)
 }
 
 /// What the delivery engine needs.

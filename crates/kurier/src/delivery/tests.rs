@@ -406,3 +406,13 @@ fn a_delivered_recipient_keeps_where_it_went() {
         "delivered (a copy already went to the same mailbox)"
     );
 }
+
+/// Waiting jobs hold small messages only; a large one is read back from the spool by its
+/// worker (the channel of 256 jobs cannot pin 256 large messages in memory).
+#[test]
+fn jobs_carry_small_bodies_only() {
+    let small = Arc::new(vec![b'x'; super::CARRIED_BODY]);
+    assert!(super::carried(small).is_some());
+    let large = Arc::new(vec![b'x'; super::CARRIED_BODY + 1]);
+    assert!(super::carried(large).is_none());
+}
