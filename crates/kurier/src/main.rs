@@ -87,7 +87,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, data_dir) = load_config(&cli)?;
             cli::user::run(cmd, &config, &data_dir)
         }
-        Command::Config(cmd) => cli::config::run(cmd, cli.config.as_deref()),
+        Command::Config(cmd) => {
+            cli::config::run(cmd, cli.config.as_deref(), cli.data_dir.as_deref())
+        }
         Command::Queue(cmd) => {
             let (config, data_dir) = load_config(&cli)?;
             cli::as_data_dir_owner(&config, &data_dir)?;

@@ -386,9 +386,12 @@ fn curl_smtp_and_smtps() {
 
 #[test]
 fn authenticated_users_cannot_spoof_senders() {
-    let s = TestServer::start("", "[aliases]\n\"sales@localhost\" = \"alice@localhost\"\n");
+    // The users exist before the server starts (an alias must end at a user).
+    let mut s =
+        TestServer::configured("", "[aliases]\n\"sales@localhost\" = \"alice@localhost\"\n");
     s.add_user("alice@localhost");
     s.add_user("bob@localhost");
+    s.spawn();
     let script = r#"
 import smtplib, ssl, sys
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE

@@ -282,11 +282,12 @@ fn config_check_reports_the_offending_key() {
 
 #[test]
 fn aliases_from_the_config_deliver_to_every_target() {
-    let s = TestServer::start(
+    let mut s = TestServer::configured(
         "",
         "[aliases]\n\"team@kurier.test\" = [\"alice@localhost\", \"postmaster@localhost\"]\n\"postmaster@kurier.test\" = \"alice@localhost\"\n",
     );
     s.add_user("alice@localhost");
+    s.spawn();
     let mut w = Wire::greeted(s.smtp);
     assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
     assert!(w.cmd("RCPT TO:<team@kurier.test>").starts_with("250 "));
@@ -685,4 +686,58 @@ fn start_as_root_hands_over_no_foreign_files() {
     assert_eq!(uid_of(&data.join("users.toml")), 0);
     assert_eq!(uid_of(&data.join("spool")), nobody.uid.as_raw());
     assert_eq!(mode_of(&data), 0o700);
+}
+
+/// An alias to nobody and an alias loop are configuration errors: `config check` and the
+/// server's start refuse them, naming the alias; once the user exists the same config
+/// starts; `user del` refuses to remove the user an alias ends at.
+#[test]
+fn aliases_that_would_lose_mail_are_refused() {
+    let aliases = "[aliases]\n\"info@localhost\" = [\"alice@localhost\", \"sales@localhost\"]\n\"sales@localhost\" = \"bob@localhost\"\n";
+    let mut s = TestServer::configured("", aliases);
+    let (config, data) = (s.config_path(), s.data_dir());
+    let check = || {
+        let mut c = Command::new(BIN);
+        c.args(["--data-dir", data.to_str().unwrap(), "config", "check"]);
+        c.arg(&config);
+        c
+    };
+    s.add_user("alice@localhost");
+    let out = run_fail(&mut check());
+    assert!(out.contains("aliases.\"info@localhost\""), "{out}");
+    assert!(
+        out.contains("bob@localhost is neither a user nor an alias"),
+        "{out}"
+    );
+    let log = s.try_spawn().unwrap_err();
+    assert!(
+        log.contains("bob@localhost is neither a user nor an alias"),
+        "{log}"
+    );
+
+    s.add_user("bob@localhost");
+    run_ok(&mut check());
+    s.spawn();
+    let out = s.cli(&["user", "del", "bob@localhost"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not removing bob@localhost"),
+        "{err}"
+    );
+    assert!(s.data_dir().join("users.toml").exists());
+    let users = std::fs::read_to_string(s.data_dir().join("users.toml")).unwrap();
+    assert!(users.contains("bob@localhost"), "{users}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let looped = dir.path().join("loop.toml");
+    std::fs::write(
+        &looped,
+        "domains = [\"localhost\"]\n[aliases]\n\"a@localhost\" = \"b@localhost\"\n\"b@localhost\" = \"A@localhost\"\n",
+    )
+    .unwrap();
+    let out = run_fail(Command::new(BIN).args(["config", "check", looped.to_str().unwrap()]));
+    assert!(
+        out.contains("a@localhost → b@localhost → a@localhost"),
+        "{out}"
+    );
 }

@@ -12,6 +12,7 @@ use clap::Subcommand;
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::directory::users::{self, UserChange};
+use crate::directory::{Directory, address_key};
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -77,6 +78,13 @@ pub fn run(cmd: &UserCommand, config: &Config, data_dir: &DataDir) -> anyhow::Re
             println!("password changed for {address}");
         }
         UserCommand::Del { address } => {
+            // An alias that ends only at this user would lose its mail (and the server would
+            // refuse to start with it): the alias goes first.
+            if let Ok(m) = kurier_smtp::Mailbox::parse(address) {
+                Directory::new(config, data_dir)
+                    .check_aliases_without(&address_key(&m))
+                    .with_context(|| format!("not removing {address}"))?;
+            }
             users::change_user(config, data_dir, address, UserChange::Delete, None)?;
             println!("removed {address} (its mailbox is kept)");
         }

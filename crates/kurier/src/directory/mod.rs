@@ -20,6 +20,7 @@ use kurier_smtp::{Domain, Mailbox};
 use crate::config::Config;
 use crate::data_dir::{DataDir, UnsafeMailboxName};
 
+pub mod aliases;
 pub mod password;
 pub mod users;
 
@@ -159,9 +160,7 @@ impl Directory {
             return Resolution::Local(r);
         }
         // Address extension: alice+tag@ → alice@.
-        if let Some(delim) = self.delimiter
-            && let Some((base, _)) = m.local().split_once(delim)
-            && let Ok(base) = Mailbox::new(base, m.domain().clone())
+        if let Some(base) = self.base(m)
             && let Some(r) = self.resolve_local(&base, 0)
         {
             return Resolution::Local(r);
@@ -177,15 +176,21 @@ impl Directory {
             }
             let mut out = Vec::new();
             for t in targets {
-                // A target that is an alias is expanded; a user or postmaster is final.
-                match self.resolve_local(t, depth + 1) {
-                    Some(v) => out.extend(v),
-                    None => out.push(t.clone()),
+                // A target that is an alias is expanded; a user or postmaster is final. One
+                // that is neither (a user removed from the users file by hand since the
+                // start-up check) is left out rather than given a Maildir nobody reads.
+                let found = self
+                    .resolve_local(t, depth + 1)
+                    .or_else(|| self.resolve_local(&self.base(t)?, depth + 1));
+                if let Some(v) = found {
+                    out.extend(v);
+                } else {
+                    tracing::warn!(alias = %key, target = %t, "alias target is no user: left out");
                 }
             }
             out.sort();
             out.dedup();
-            return Some(out);
+            return (!out.is_empty()).then_some(out);
         }
         if self.is_user(&key) || m.local().eq_ignore_ascii_case("postmaster") {
             return Some(vec![m.clone()]);

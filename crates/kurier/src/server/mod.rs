@@ -92,6 +92,9 @@ pub enum StartError {
     /// The spool could not be opened.
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
+    /// An alias would lose mail (no user at its end, or a loop).
+    #[error(transparent)]
+    Aliases(#[from] crate::directory::aliases::AliasError),
     /// Outbound delivery could not be set up (resolver, TLS roots).
     #[error("outbound delivery: {0}")]
     Outbound(String),
@@ -196,6 +199,7 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
         "spool recovered"
     );
     let directory = Arc::new(Directory::new(&config, &data_dir));
+    directory.check_aliases()?;
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
     let workers = TaskTracker::new();

@@ -162,7 +162,7 @@ impl TestServer {
 
     /// Starts the binary and waits (bounded) until it has written its listening file (the
     /// process id and the bound addresses); on failure, the log.
-    fn try_spawn(&mut self) -> Result<(), String> {
+    pub fn try_spawn(&mut self) -> Result<(), String> {
         self.try_spawn_with(Command::new(BIN))
     }
 
