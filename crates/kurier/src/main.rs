@@ -14,8 +14,9 @@ use kurier::data_dir::DataDir;
 #[derive(Parser)]
 #[command(name = "kurier", version, about)]
 struct Cli {
-    /// Config file (TOML). Without it, the embedded default is used: loopback ports 2525,
-    /// 2587 and 2465, domain `localhost`, data in ./kurier-data.
+    /// Config file (TOML); else $KURIER_CONFIG, else /etc/kurier/kurier.toml when it exists.
+    /// Without one, the embedded default is used: loopback ports 2525, 2587 and 2465, domain
+    /// `localhost`, data in ./kurier-data.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Data directory (queue, mailboxes, users, TLS keys); overrides `data_dir`.
@@ -52,28 +53,61 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kurier: error: {e:#}");
+            eprintln!("kurier: error: {}", cli::error_text(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<(Config, DataDir)> {
-    let config = match &cli.config {
+/// Where the config is looked for when `--config` is not given and `KURIER_CONFIG` is unset.
+const SYSTEM_CONFIG: &str = "/etc/kurier/kurier.toml";
+
+/// The config file: `--config`, else `KURIER_CONFIG`, else [`SYSTEM_CONFIG`] when it exists;
+/// none means the embedded default.
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    cli.config
+        .clone()
+        .or_else(|| {
+            std::env::var_os("KURIER_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(|| Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.exists()))
+}
+
+/// The config, the data directory, and whether either was chosen (a file, `--data-dir`)
+/// rather than the embedded default's `./kurier-data`.
+fn load_config(cli: &Cli) -> anyhow::Result<(Config, DataDir, bool)> {
+    let path = config_path(cli);
+    let config = match &path {
         Some(path) => Config::load(path).with_context(|| format!("config {}", path.display()))?,
         None => Config::default(),
     };
+    let chosen = path.is_some() || cli.data_dir.is_some();
     let data_dir = cli
         .data_dir
         .clone()
         .unwrap_or_else(|| config.data_dir.clone());
-    Ok((config, DataDir::new(data_dir)))
+    Ok((config, DataDir::new(data_dir), chosen))
+}
+
+/// Commands that read the server's state answer from its data directory or not at all: an
+/// empty answer from a directory that is not there (the wrong working directory, a missing
+/// `--config`) would look like an empty queue.
+fn existing(data_dir: &DataDir) -> anyhow::Result<()> {
+    if data_dir.root().is_dir() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "no data directory at {} (use --config or --data-dir, or set KURIER_CONFIG)",
+        data_dir.root().display()
+    )
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve => {
-            let (config, data_dir) = load_config(&cli)?;
+            let (config, data_dir, _) = load_config(&cli)?;
             init_logging(&config.log.level);
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -84,19 +118,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => {
-            let (config, data_dir) = load_config(&cli)?;
+            let (config, data_dir, chosen) = load_config(&cli)?;
+            // `user add` may make the data directory of a configured server (users come
+            // before the aliases that name them); passwd, del and list read what is there.
+            if cli::user::reads_users(cmd) || (cli::user::adds_user(cmd) && !chosen) {
+                existing(&data_dir)?;
+            }
             cli::user::run(cmd, &config, &data_dir)
         }
         Command::Config(cmd) => {
-            cli::config::run(cmd, cli.config.as_deref(), cli.data_dir.as_deref())
+            cli::config::run(cmd, config_path(&cli).as_deref(), cli.data_dir.as_deref())
         }
         Command::Queue(cmd) => {
-            let (config, data_dir) = load_config(&cli)?;
+            let (config, data_dir, _) = load_config(&cli)?;
+            existing(&data_dir)?;
             cli::as_data_dir_owner(&config, &data_dir)?;
             cli::queue::run(cmd, &data_dir)
         }
         Command::Dkim(cmd) => {
-            let (config, data_dir) = load_config(&cli)?;
+            let (config, data_dir, _) = load_config(&cli)?;
             cli::as_data_dir_owner(&config, &data_dir)?;
             cli::dkim::run(cmd, &config, &data_dir)
         }

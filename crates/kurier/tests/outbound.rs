@@ -484,8 +484,9 @@ fn cli_err(s: &TestServer, args: &[&str]) -> String {
 }
 
 fn first_queue_id(list: &str) -> String {
+    assert!(list.starts_with("Queue id "), "the column header: {list}");
     list.lines()
-        .next()
+        .nth(1)
         .unwrap()
         .split_whitespace()
         .next()

@@ -741,3 +741,88 @@ fn aliases_that_would_lose_mail_are_refused() {
         "{out}"
     );
 }
+
+/// `config check` refuses what the server would refuse at start: a certificate that does
+/// not load, a `run_as` user that does not exist.
+#[test]
+fn config_check_refuses_what_serve_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["config", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.success(), text)
+    };
+    let missing = dir.path().join("missing.pem");
+    let (ok, err) = check(
+        "tls.toml",
+        &format!(
+            "[tls]\ncertificate = \"{0}\"\nprivate_key = \"{0}\"\n",
+            missing.display()
+        ),
+    );
+    assert!(!ok && err.contains("missing.pem"), "{err}");
+    let (ok, err) = check("user.toml", "run_as = \"no-such-kurier-user\"\n");
+    assert!(
+        !ok && err.contains("no such user \"no-such-kurier-user\""),
+        "{err}"
+    );
+    let (ok, err) = check("root.toml", "run_as = \"root\"\n");
+    assert!(!ok && err.contains("unprivileged"), "{err}");
+}
+
+/// Commands find the config through `KURIER_CONFIG`, read a relative `data_dir` next to the
+/// config file whatever the working directory, and refuse to answer from a data directory
+/// that is not there instead of reporting an empty queue.
+#[test]
+fn commands_find_their_data_directory_or_say_so() {
+    let etc = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = etc.path().join("kurier.toml");
+    std::fs::write(&config, "data_dir = \"data\"\n").unwrap();
+    let pw = etc.path().join("pw");
+    std::fs::write(&pw, "a long enough password\n").unwrap();
+    let kurier = |args: &[&str], with_config: bool| {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(elsewhere.path())
+            .env_remove("KURIER_CONFIG");
+        if with_config {
+            c.env("KURIER_CONFIG", &config);
+        }
+        c
+    };
+    let out = run_fail(&mut kurier(&["queue", "list"], false));
+    assert!(out.contains("no data directory at ./kurier-data"), "{out}");
+    let out = run_fail(&mut kurier(&["user", "list"], false));
+    assert!(out.contains("no data directory"), "{out}");
+    let out = run_fail(&mut kurier(&["queue", "list"], true));
+    assert!(
+        out.contains(&format!(
+            "no data directory at {}",
+            etc.path().join("data").display()
+        )),
+        "{out}"
+    );
+    let pw = pw.to_str().unwrap();
+    run_ok(&mut kurier(
+        &["user", "add", "alice@localhost", "--password-file", pw],
+        true,
+    ));
+    assert!(etc.path().join("data/users.toml").exists());
+    assert!(!elsewhere.path().join("kurier-data").exists());
+    let out = run_ok(&mut kurier(&["user", "list"], true));
+    assert!(out.contains("alice@localhost"), "{out}");
+    // Without a config, `user add` does not make a stray ./kurier-data.
+    let out = run_fail(&mut kurier(
+        &["user", "add", "bob@localhost", "--password-file", pw],
+        false,
+    ));
+    assert!(out.contains("no data directory"), "{out}");
+    assert!(!elsewhere.path().join("kurier-data").exists());
+}

@@ -34,7 +34,19 @@ pub fn run(
                 bail!("name the file to check: kurier config check FILE");
             };
             let config = Config::load(path).with_context(|| format!("{}", path.display()))?;
-            // What the server checks at start against the users there are: aliases.
+            // What the server checks at start beyond the file itself: the certificate and
+            // key load, the service user exists, the aliases end at users there are.
+            if let (Some(cert), Some(key)) = (&config.tls.certificate, &config.tls.private_key) {
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                crate::tls::load(cert, key)
+                    .and_then(crate::tls::server_config)
+                    .with_context(|| format!("{}", path.display()))?;
+            }
+            if let Some(user) = &config.run_as {
+                crate::server::privilege::check_run_as(user)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("{}: run_as", path.display()))?;
+            }
             let data_dir = DataDir::new(data_dir.unwrap_or(&config.data_dir));
             let directory = Directory::new(&config, &data_dir);
             directory

@@ -141,7 +141,7 @@ fn attempt_line(a: &Attempt) -> String {
     format!("{}: {what}", rfc5322(a.at))
 }
 
-/// `kurier queue list`: one block per message, oldest first.
+/// `kurier queue list`: a column header, then one block per message, oldest first.
 pub fn list(data_dir: &DataDir) -> Result<String, QueueError> {
     let spool = Spool::attach(data_dir.spool());
     let now = unix_now();
@@ -153,6 +153,13 @@ pub fn list(data_dir: &DataDir) -> Result<String, QueueError> {
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(first) = ids.first() {
+        let width = first.as_str().len();
+        out.push_str(&format!(
+            "{:<width$}  {:>4}  {:>8}  Sender, then each recipient and its state\n",
+            "Queue id", "Age", "Size"
+        ));
+    }
     for id in &ids {
         let env = match spool.envelope(id) {
             Ok(e) => e,

@@ -100,6 +100,19 @@ pub fn run(cmd: &UserCommand, config: &Config, data_dir: &DataDir) -> anyhow::Re
     Ok(())
 }
 
+/// `passwd`, `del` and `list`: they work on users that must already be there.
+pub fn reads_users(cmd: &UserCommand) -> bool {
+    matches!(
+        cmd,
+        UserCommand::Passwd { .. } | UserCommand::Del { .. } | UserCommand::List
+    )
+}
+
+/// `add`: it may create the data directory (of a configured server).
+pub fn adds_user(cmd: &UserCommand) -> bool {
+    matches!(cmd, UserCommand::Add { .. })
+}
+
 fn maildir_hint(data_dir: &DataDir, address: &str) -> String {
     kurier_smtp::Mailbox::parse(address)
         .ok()

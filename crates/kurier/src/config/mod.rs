@@ -13,6 +13,7 @@ use kurier_smtp::{Domain, Role};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod duration;
 mod validate;
 
 /// A configuration problem, naming the offending key.
@@ -165,10 +166,10 @@ pub struct Limits {
     /// it, 451.
     pub messages_per_minute: u32,
     /// Idle time allowed while waiting for a command (RFC 5321 §4.5.3.2.7: at least 5 min).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub command_timeout: Duration,
     /// Idle time allowed while receiving message data.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub data_timeout: Duration,
     /// Message data must arrive at this many octets per second on average (0: no
     /// minimum): a message may take `data_timeout` plus its size divided by this rate, so
@@ -176,7 +177,7 @@ pub struct Limits {
     pub min_data_rate: u64,
     /// Time for a TLS handshake (implicit TLS and STARTTLS); a client stalled in its
     /// ClientHello is cut off sooner than an idle one.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub tls_handshake_timeout: Duration,
     /// NOOP, RSET, VRFY and HELP commands allowed between accepted messages (0: no limit);
     /// one more closes the connection with `421 4.7.0`.
@@ -189,10 +190,10 @@ pub struct Limits {
     /// AUTH attempts are refused (454 4.7.0, with a growing delay) until the window passes.
     pub auth_failures_per_ip: u32,
     /// The window for `auth_failures_per_ip`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub auth_failure_window: Duration,
     /// On shutdown, how long transactions in progress may take to finish.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub shutdown_grace: Duration,
     /// Memory that message data being received may take, all sessions together, in
     /// octets. A session that would go over it stops reading its client until others have
@@ -200,7 +201,7 @@ pub struct Limits {
     /// 1 MiB: half is for the first 256 KiB of every message, half for larger ones.
     pub message_memory: u64,
     /// How long a session waits for `message_memory` before it gives way.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub message_memory_wait: Duration,
     /// A message that already has this many `Received:` fields is refused (554 5.4.6):
     /// it is looping (RFC 5321 §6.3).
@@ -220,17 +221,17 @@ pub struct DeliveryConfig {
     pub per_destination: usize,
     /// Waits between attempts after temporary failures; the last one repeats. A random
     /// jitter of up to 10% is added.
-    #[serde(with = "duration_list")]
+    #[serde(with = "duration::list")]
     pub retry: Vec<Duration>,
     /// After this long in the queue, a message still undelivered is bounced
     /// (RFC 5321 §4.5.4.1: at least 4-5 days).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub max_lifetime: Duration,
     /// After this long undelivered, the sender gets a delay warning (once).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub delay_warning: Duration,
     /// Timeout for connecting and for each reply of a remote server.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub remote_timeout: Duration,
 }
 
@@ -339,13 +340,13 @@ pub struct GreylistConfig {
     /// Turn greylisting on.
     pub enabled: bool,
     /// How long an unknown triplet must wait before a retry is accepted.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub delay: Duration,
     /// How long after the first attempt a retry still counts (later ones start over).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub window: Duration,
     /// How long a triplet that passed is remembered (from its last use).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration::text")]
     pub remember: Duration,
     /// Clients in these networks are never greylisted.
     pub exempt_networks: Vec<ipnet::IpNet>,
@@ -416,23 +417,6 @@ pub struct RouteConfig {
 
 fn default_route_port() -> u16 {
     25
-}
-
-/// A list of human-readable durations (`["1m", "5m"]`).
-mod duration_list {
-    use std::time::Duration;
-
-    use humantime_serde::Serde;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(v.iter().map(|d| Serde::from(*d)))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        let v: Vec<Serde<Duration>> = Vec::deserialize(d)?;
-        Ok(v.into_iter().map(Serde::into_inner).collect())
-    }
 }
 
 /// Logging settings.
@@ -554,7 +538,15 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text)
+        let mut config = Config::parse(&text)?;
+        // A relative data_dir is the config file's neighbour, wherever a command is run from
+        // (a `kurier queue list` in another directory must not look at an empty one).
+        if config.data_dir.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.data_dir = dir.join(&config.data_dir);
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text.

@@ -19,7 +19,7 @@ impl Engine {
         if now < env.received_at.saturating_add(lifetime) {
             return;
         }
-        let lifetime = humantime::format_duration(self.config.delivery.max_lifetime);
+        let lifetime = crate::config::duration::display(self.config.delivery.max_lifetime);
         for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
             // The last temporary failure says why; it keeps its server and status (RFC 3463
             // §3.5: the expiry itself is 4.4.7 when nothing better is known).

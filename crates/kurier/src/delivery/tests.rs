@@ -308,7 +308,7 @@ async fn a_delay_warning_once_then_a_failure_report_at_expiry() {
     );
     assert!(
         text.contains(
-            "Diagnostic-Code: x-kurier; message expired after 5days in the queue; last error:"
+            "Diagnostic-Code: x-kurier; message expired after 5d in the queue; last error:"
         ),
         "{text}"
     );

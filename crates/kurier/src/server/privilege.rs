@@ -106,6 +106,12 @@ pub fn become_data_dir_owner(data_dir: &Path, run_as: Option<&str>) -> Result<()
     })
 }
 
+/// What the start checks of `run_as` before binding anything: the user exists and is not
+/// root (for `kurier config check`).
+pub fn check_run_as(user: &str) -> Result<(), String> {
+    lookup(user).map(drop)
+}
+
 fn lookup(user: &str) -> Result<User, String> {
     let u = User::from_name(user)
         .map_err(|e| format!("looking up the user failed: {e}"))?

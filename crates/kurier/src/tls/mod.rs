@@ -81,8 +81,7 @@ pub fn load_or_generate(
     if hostname != "localhost" {
         names.push("localhost".to_string());
     }
-    let generated =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let generated = self_signed(names, hostname).map_err(|e| TlsError::Generate(e.to_string()))?;
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |e: std::io::Error| TlsError::Pem {
@@ -105,6 +104,22 @@ pub fn load_or_generate(
     )
     .map_err(io_err(&cert_path))?;
     load(&cert_path, &key_path).map(|k| (k, true))
+}
+
+/// A self-signed certificate for `names`, its subject the host name (what `openssl
+/// s_client` and a client's warning show), not the library's placeholder.
+fn self_signed(
+    names: Vec<String>,
+    hostname: &str,
+) -> Result<rcgen::CertifiedKey<rcgen::KeyPair>, rcgen::Error> {
+    let signing_key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(names)?;
+    let mut subject = rcgen::DistinguishedName::new();
+    subject.push(rcgen::DnType::CommonName, hostname);
+    subject.push(rcgen::DnType::OrganizationName, "Kurier self-signed");
+    params.distinguished_name = subject;
+    let cert = params.self_signed(&signing_key)?;
+    Ok(rcgen::CertifiedKey { cert, signing_key })
 }
 
 /// The rustls server configuration (TLS 1.2 and 1.3, aws-lc-rs).
@@ -142,6 +157,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (key, generated) = load_or_generate(&DataDir::new(dir.path()), "mx.test").unwrap();
         assert!(generated);
+        // The subject is the host name (the DER holds it beside the SAN), not a placeholder.
+        let der = key.chain[0].as_ref();
+        let holds = |s: &[u8]| der.windows(s.len()).filter(|w| *w == s).count();
+        assert_eq!(holds(b"mx.test"), 3, "issuer and subject CN, and the SAN");
+        assert_eq!(holds(b"rcgen"), 0);
         server_config(key).unwrap();
         let first = fs::read(dir.path().join("tls/cert.pem")).unwrap();
         let (_, generated) = load_or_generate(&DataDir::new(dir.path()), "mx.test").unwrap();
