@@ -297,12 +297,17 @@ fn claims(field: &[u8], authserv_id: &str) -> bool {
     })
 }
 
+/// What counts as white space around an authserv-id.
+const SPACE: &[u8] = b" \t\r\n\x0b\x0c";
+
 /// The authserv-id at the start of a field value: after folding white space and comments
 /// (nested, with quoted-pairs, RFC 5322 §3.2.2), up to `;`, white space or a comment.
 fn authserv_id_of(value: &[u8]) -> &[u8] {
     let mut i = 0;
     loop {
-        while value.get(i).is_some_and(|b| b" \t\r\n".contains(b)) {
+        // Vertical tab and form feed too: no CFWS in RFC 5322, but readers that trim them
+        // as white space would see our id behind them.
+        while value.get(i).is_some_and(|b| SPACE.contains(b)) {
             i += 1;
         }
         if value.get(i) != Some(&b'(') {
@@ -327,7 +332,7 @@ fn authserv_id_of(value: &[u8]) -> &[u8] {
     let start = i.min(value.len());
     let end = value[start..]
         .iter()
-        .position(|b| b"; \t\r\n(".contains(b))
+        .position(|b| *b == b';' || *b == b'(' || SPACE.contains(b))
         .map_or(value.len(), |p| start + p);
     &value[start..end]
 }
@@ -422,8 +427,10 @@ mod tests {
 
     #[test]
     fn folded_and_commented_claims_are_removed_too() {
-        let forged: [&[u8]; 5] = [
+        let forged: [&[u8]; 6] = [
             b"Authentication-Results:\r\n mx.test; dkim=pass\r\n",
+            // Found by fuzzing: a vertical tab before the id.
+            b"Authentication-Results: \x0bmx.test; spf=pass\r\n",
             b"Authentication-Results: (x) mx.test; dmarc=pass\r\n",
             b"Authentication-Results: (a (nested \\) one))\r\n\t(two) mx.test;spf=pass\r\n",
             b"Authentication-Results : mx.test(comment); arc=pass\r\n",
