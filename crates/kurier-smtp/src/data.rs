@@ -89,6 +89,8 @@ pub struct DataDecoder {
     max_size: u64,
     size: u64,
     body: Vec<u8>,
+    /// Octets of the message handed out by [`DataDecoder::take_beyond`].
+    taken: u64,
     defect: Option<DataDefect>,
 }
 
@@ -111,8 +113,28 @@ impl DataDecoder {
             max_size,
             size: 0,
             body: Vec::new(),
+            taken: 0,
             defect: None,
         }
+    }
+
+    /// Hands out the decoded octets past the first `keep` of the message, so that the
+    /// driver can write a large message to disk while it arrives and hold only its start
+    /// (where the header section is) in memory. The message [`DataDecoder::finish`] returns
+    /// is then the first `keep` octets followed by what was decoded after the last take;
+    /// the octets handed out go between them.
+    pub fn take_beyond(&mut self, keep: usize) -> Vec<u8> {
+        if self.body.len() <= keep || self.defect.is_some() {
+            return Vec::new();
+        }
+        let tail = self.body.split_off(keep);
+        self.taken += tail.len() as u64;
+        tail
+    }
+
+    /// Octets handed out by [`DataDecoder::take_beyond`] so far.
+    pub fn taken(&self) -> u64 {
+        self.taken
     }
 
     /// Octets of message counted so far, including those dropped after the limit.
@@ -310,6 +332,32 @@ mod tests {
         let mut d = DataDecoder::new(Framing::Dot, 1 << 20);
         let fed = d.feed(input);
         (d.finish(), fed)
+    }
+
+    #[test]
+    fn data_taken_while_it_arrives_puts_the_message_back_together() {
+        let message: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("line {i} .. with text\r\n.dot\r\n").into_bytes())
+            .collect();
+        let wire = dot_stuff(&message);
+        let mut d = DataDecoder::new(Framing::Dot, 1 << 20);
+        let mut taken = Vec::new();
+        for chunk in wire.chunks(777) {
+            d.feed(chunk);
+            taken.extend(d.take_beyond(100));
+            assert!(d.held() <= 100 + 777);
+        }
+        assert_eq!(d.taken(), taken.len() as u64);
+        let kept = d.finish().unwrap();
+        let mut whole = kept[..100].to_vec();
+        whole.extend(taken);
+        whole.extend(&kept[100..]);
+        assert_eq!(whole, message);
+        // A short message keeps everything.
+        let mut d = DataDecoder::new(Framing::Dot, 1 << 20);
+        d.feed(b"short\r\n.\r\n");
+        assert!(d.take_beyond(100).is_empty());
+        assert_eq!(d.finish().unwrap(), b"short\r\n");
     }
 
     #[test]

@@ -419,6 +419,40 @@ fn bdat_chunks() {
     assert_eq!(h.commits.len(), 2);
 }
 
+/// The driver may take message data while it arrives; the commit says how much it took,
+/// and the serial tells one message's data from the next one's.
+#[test]
+fn message_data_taken_while_it_arrives() {
+    let mut h = Harness::new(Role::Smtp);
+    h.ehlo();
+    let before = h.s.message_serial();
+    h.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n");
+    assert_eq!(h.s.message_serial(), before + 1);
+    h.send(b"Subject: s\r\n\r\n0123456789\r\n");
+    assert_eq!(h.s.take_message_data(14, 100), None, "not enough held yet");
+    let taken = h.s.take_message_data(14, 4).unwrap();
+    assert_eq!(taken, b"0123456789\r\n");
+    assert_eq!(h.send(b"end\r\n.\r\n"), "250 2.0.0 Ok: queued as Q1\r\n");
+    assert_eq!(h.commits[0].body, b"Subject: s\r\n\r\nend\r\n");
+    assert_eq!(h.commits[0].spilled, 12);
+    assert_eq!(h.s.take_message_data(0, 0), None, "no message in progress");
+    // BDAT: taken between chunks, counted in the commit.
+    h.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<u@mx.test>\r\n");
+    assert_eq!(
+        h.send(b"BDAT 8\r\nab\r\ncd\r\n"),
+        "250 2.0.0 8 octets received\r\n"
+    );
+    assert_eq!(h.s.message_serial(), before + 2);
+    assert_eq!(h.s.take_message_data(2, 0).unwrap(), b"\r\ncd\r\n");
+    assert_eq!(
+        h.send(b"BDAT 4 LAST\r\nef\r\n"),
+        "250 2.0.0 Ok: queued as Q2\r\n"
+    );
+    assert_eq!(h.s.message_serial(), before + 2);
+    assert_eq!(h.commits[1].body, b"abef\r\n");
+    assert_eq!(h.commits[1].spilled, 6);
+}
+
 #[test]
 fn bdat_over_size_limit() {
     let mut h = Harness::new(Role::Smtp);

@@ -8,7 +8,7 @@
 //! greylist state are all written through it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -51,6 +51,18 @@ impl WriteOptions {
 /// documentation). Taking the content in parts lets callers write a header, an envelope and
 /// a message body without first joining them into one buffer.
 pub fn write_atomic(dest: &Path, parts: &[&[u8]], options: &WriteOptions) -> io::Result<()> {
+    write_atomic_with(dest, parts, None, options)
+}
+
+/// [`write_atomic`], with the content of `tail` (its first `len` octets) after the parts:
+/// a large message the receiver wrote to a file while it arrived is copied by the kernel
+/// (copy_file_range), never read into memory.
+pub fn write_atomic_with(
+    dest: &Path,
+    parts: &[&[u8]],
+    tail: Option<(&File, u64)>,
+    options: &WriteOptions,
+) -> io::Result<()> {
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -76,6 +88,16 @@ pub fn write_atomic(dest: &Path, parts: &[&[u8]], options: &WriteOptions) -> io:
             .open(&tmp)?;
         for part in parts {
             f.write_all(part)?;
+        }
+        if let Some((mut src, len)) = tail {
+            src.seek(SeekFrom::Start(0))?;
+            let copied = io::copy(&mut src.take(len), &mut f)?;
+            if copied != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{copied} of {len} octets copied"),
+                ));
+            }
         }
         // On the descriptor, not the name: whoever can write the directory could have put a
         // link in the temporary file's place by now.

@@ -2,12 +2,12 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::durable::{WriteOptions, write_atomic};
+use crate::durable::{WriteOptions, write_atomic_with};
 use crate::envelope::{Envelope, QueueId};
 use crate::v1::EnvelopeV1;
 
@@ -170,7 +170,55 @@ impl Spool {
                 source: io::Error::new(io::ErrorKind::AlreadyExists, "queue id already in use"),
             });
         }
-        self.write_durably(&[&head, body], &dest)
+        self.write_durably(&[&head, body], &dest, None)
+    }
+
+    /// [`Spool::commit`] for a message whose bytes are `parts` followed by the first `len`
+    /// octets of `rest`, a file the receiver wrote while the message arrived; the file is
+    /// copied by the kernel, not read into memory.
+    pub fn commit_with_rest(
+        &self,
+        envelope: &Envelope,
+        parts: &[&[u8]],
+        rest: (&File, u64),
+    ) -> Result<(), SpoolError> {
+        let dest = self.queue_path(&envelope.id);
+        let body_len = parts.iter().map(|p| p.len() as u64).sum::<u64>() + rest.1;
+        let head = usize::try_from(body_len)
+            .map_err(|e| e.to_string())
+            .and_then(|len| encode_queue_head(envelope, len))
+            .map_err(|reason| SpoolError::Corrupt {
+                path: dest.clone(),
+                reason,
+            })?;
+        if dest.exists() {
+            return Err(SpoolError::Io {
+                path: dest,
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "queue id already in use"),
+            });
+        }
+        let mut all = vec![head.as_slice()];
+        all.extend_from_slice(parts);
+        self.write_durably(&all, &dest, Some(rest))
+    }
+
+    /// A file for message data in transit, in `tmp/` (same file system as the queue, so the
+    /// copy at commit stays in the kernel) and already unlinked: it vanishes with its last
+    /// descriptor, whatever happens to the connection or the server.
+    pub fn transit_file(&self) -> Result<File, SpoolError> {
+        let mut random = [0u8; 8];
+        let _ = getrandom::fill(&mut random);
+        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let path = self.root.join("tmp").join(format!(".transit.{name}"));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        Ok(file)
     }
 
     /// Records delivery progress (the whole envelope, atomically).
@@ -180,16 +228,21 @@ impl Spool {
             path: dest.clone(),
             reason: e.to_string(),
         })?;
-        self.write_durably(&[STATE_MAGIC, &json], &dest)
+        self.write_durably(&[STATE_MAGIC, &json], &dest, None)
     }
 
     /// The one durable write, with the temporary file in `tmp/` (emptied by recovery).
-    fn write_durably(&self, parts: &[&[u8]], dest: &Path) -> Result<(), SpoolError> {
+    fn write_durably(
+        &self,
+        parts: &[&[u8]],
+        dest: &Path,
+        tail: Option<(&File, u64)>,
+    ) -> Result<(), SpoolError> {
         let options = WriteOptions {
             tmp_dir: Some(self.root.join("tmp")),
             ..WriteOptions::private()
         };
-        write_atomic(dest, parts, &options).map_err(io_err(dest))
+        write_atomic_with(dest, parts, tail, &options).map_err(io_err(dest))
     }
 
     /// Loads a message: its current envelope and its bytes.
@@ -435,6 +488,38 @@ mod tests {
         let (e, b) = spool.load(&env.id).unwrap();
         assert_eq!(e, env);
         assert_eq!(b, body);
+    }
+
+    #[test]
+    fn a_message_in_parts_and_a_transit_file_is_committed_whole() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let mut rest = spool.transit_file().unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "the transit file has no name"
+        );
+        let tail = b"middle of the body\r\n".repeat(10_000);
+        rest.write_all(&tail).unwrap();
+        rest.write_all(b"not part of it").unwrap();
+        let mut whole = b"Received: r\r\nSubject: x\r\n\r\n".to_vec();
+        whole.extend_from_slice(&tail);
+        let env = envelope(&whole);
+        let head: [&[u8]; 2] = [b"Received: r\r\n", b"Subject: x\r\n\r\n"];
+        spool
+            .commit_with_rest(&env, &head, (&rest, tail.len() as u64))
+            .unwrap();
+        let (e, b) = spool.load(&env.id).unwrap();
+        assert_eq!((e, b), (env, whole));
+        let mut env = envelope(b"x");
+        env.size = 10_000_002;
+        // A file shorter than promised is an error, and nothing is queued.
+        let missing = spool.commit_with_rest(&env, &head, (&rest, 10_000_000));
+        assert!(missing.is_err());
+        assert!(matches!(spool.load(&env.id), Err(SpoolError::NotFound(_))));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

@@ -117,8 +117,12 @@ pub struct Message {
     pub params: MailParams,
     /// Accepted recipients, in order.
     pub recipients: Vec<Recipient>,
-    /// The message content, unstuffed, with CRLF line ends.
+    /// The message content, unstuffed, with CRLF line ends; when the driver took data while
+    /// it arrived ([`ServerSession::take_message_data`]), the start it kept and what came
+    /// after the last take, with the `spilled` octets between them.
     pub body: Vec<u8>,
+    /// Octets handed to the driver while the message arrived.
+    pub spilled: u64,
     /// The HELO/EHLO name the client gave.
     pub helo: String,
     /// The RFC 3848 / RFC 6531 protocol name for the Received header (ESMTPSA, UTF8SMTPS…).
@@ -245,6 +249,9 @@ pub struct ServerSession {
     errors: u32,
     auth_failures: u32,
     junk_commands: u32,
+    /// Counts the messages whose data began (DATA accepted, or a first BDAT), so the driver
+    /// can tell its spilled data from another message's.
+    serial: u64,
 }
 
 impl ServerSession {
@@ -267,6 +274,7 @@ impl ServerSession {
             errors: 0,
             auth_failures: 0,
             junk_commands: 0,
+            serial: 0,
         }
     }
 
@@ -402,6 +410,27 @@ impl ServerSession {
     /// True while message data is expected (the driver applies the data timeout).
     pub fn in_message_data(&self) -> bool {
         matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. })
+    }
+
+    /// The message whose data is being received now, or was last: a number that changes
+    /// with each message's first octet of data.
+    pub fn message_serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// Message data decoded past the first `keep` octets, once more than `at_least` of it
+    /// is held: the driver writes it to disk while the message arrives (see
+    /// [`DataDecoder::take_beyond`]), and [`Message::spilled`] says how much it had in all.
+    pub fn take_message_data(&mut self, keep: usize, at_least: usize) -> Option<Vec<u8>> {
+        let decoder = match &mut self.phase {
+            Phase::Data(d) => d,
+            _ => self.tx.as_mut().and_then(|tx| tx.chunks.as_mut())?,
+        };
+        if decoder.held() <= keep.saturating_add(at_least) {
+            return None;
+        }
+        let taken = decoder.take_beyond(keep);
+        (!taken.is_empty()).then_some(taken)
     }
 
     /// Octets the session holds for the current message: the data decoded so far (DATA, or
@@ -552,7 +581,8 @@ impl ServerSession {
         if fed.complete
             && let Phase::Data(decoder) = std::mem::replace(&mut self.phase, Phase::Command)
         {
-            self.message_complete(decoder.finish());
+            let spilled = decoder.taken();
+            self.message_complete(decoder.finish(), spilled);
         }
         true
     }
@@ -597,7 +627,8 @@ impl ServerSession {
         } else if last {
             let decoder = self.tx.as_mut().and_then(|tx| tx.chunks.take());
             if let Some(d) = decoder {
-                self.message_complete(d.finish());
+                let spilled = d.taken();
+                self.message_complete(d.finish(), spilled);
             }
         } else {
             let size = self
@@ -614,7 +645,7 @@ impl ServerSession {
         true
     }
 
-    fn message_complete(&mut self, result: Result<Vec<u8>, DataDefect>) {
+    fn message_complete(&mut self, result: Result<Vec<u8>, DataDefect>, spilled: u64) {
         let body = match result {
             Ok(body) => body,
             Err(defect) => {
@@ -632,6 +663,7 @@ impl ServerSession {
             params: tx.params,
             recipients: tx.rcpts,
             body,
+            spilled,
             helo: self.helo().unwrap_or_default().to_string(),
             tls: self.tls.clone(),
             auth_user: self.auth_user.clone(),
@@ -820,6 +852,7 @@ impl ServerSession {
             Some(_) => {
                 self.send(Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
                 self.phase = Phase::Data(DataDecoder::new(Framing::Dot, self.cfg.max_message_size));
+                self.serial += 1;
             }
         }
     }
@@ -833,9 +866,13 @@ impl ServerSession {
                 Some(Reply::new(554, codes::BAD_SEQUENCE, "No valid recipients"))
             }
             Some(tx) => {
-                let max = self.cfg.max_message_size;
-                tx.chunks
-                    .get_or_insert_with(|| DataDecoder::new(Framing::Chunked, max));
+                if tx.chunks.is_none() {
+                    tx.chunks = Some(DataDecoder::new(
+                        Framing::Chunked,
+                        self.cfg.max_message_size,
+                    ));
+                    self.serial += 1;
+                }
                 None
             }
         };
