@@ -180,10 +180,11 @@ impl Spool {
         &self,
         envelope: &Envelope,
         parts: &[&[u8]],
-        rest: (&File, u64),
+        rest: Option<(&File, u64)>,
     ) -> Result<(), SpoolError> {
         let dest = self.queue_path(&envelope.id);
-        let body_len = parts.iter().map(|p| p.len() as u64).sum::<u64>() + rest.1;
+        let rest_len = rest.map_or(0, |r| r.1);
+        let body_len = parts.iter().map(|p| p.len() as u64).sum::<u64>() + rest_len;
         let head = usize::try_from(body_len)
             .map_err(|e| e.to_string())
             .and_then(|len| encode_queue_head(envelope, len))
@@ -199,7 +200,7 @@ impl Spool {
         }
         let mut all = vec![head.as_slice()];
         all.extend_from_slice(parts);
-        self.write_durably(&all, &dest, Some(rest))
+        self.write_durably(&all, &dest, rest)
     }
 
     /// A file for message data in transit, in `tmp/` (same file system as the queue, so the
@@ -509,14 +510,14 @@ mod tests {
         let env = envelope(&whole);
         let head: [&[u8]; 2] = [b"Received: r\r\n", b"Subject: x\r\n\r\n"];
         spool
-            .commit_with_rest(&env, &head, (&rest, tail.len() as u64))
+            .commit_with_rest(&env, &head, Some((&rest, tail.len() as u64)))
             .unwrap();
         let (e, b) = spool.load(&env.id).unwrap();
         assert_eq!((e, b), (env, whole));
         let mut env = envelope(b"x");
         env.size = 10_000_002;
         // A file shorter than promised is an error, and nothing is queued.
-        let missing = spool.commit_with_rest(&env, &head, (&rest, 10_000_000));
+        let missing = spool.commit_with_rest(&env, &head, Some((&rest, 10_000_000)));
         assert!(missing.is_err());
         assert!(matches!(spool.load(&env.id), Err(SpoolError::NotFound(_))));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);

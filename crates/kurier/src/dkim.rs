@@ -23,6 +23,7 @@ use thiserror::Error;
 
 use crate::data_dir::DataDir;
 use crate::fsutil::{WriteOptions, owner_for, write_atomic};
+use crate::message_data::MessageData;
 
 /// DKIM key problems.
 #[derive(Debug, Error)]
@@ -246,6 +247,25 @@ impl Signers {
     /// The DKIM-Signature fields (CRLF-terminated) for `message` signed as `domain`; empty
     /// when the domain has no key.
     pub fn sign(&self, domain: &str, message: &[u8]) -> String {
+        let whole = |write: &mut dyn FnMut(&[u8])| {
+            write(message);
+            Ok(())
+        };
+        self.sign_chunks(domain, whole).unwrap_or_default()
+    }
+
+    /// [`Signers::sign`] for a message being received, read in chunks (a large one from its
+    /// file, never whole into memory); an error is a failure to read that file.
+    pub fn sign_data(&self, domain: &str, message: &MessageData) -> std::io::Result<String> {
+        self.sign_chunks(domain, |write| message.for_each_chunk(0, write))
+    }
+
+    /// Signs the message `feed` writes, in order, to the function it is given, once per key.
+    fn sign_chunks(
+        &self,
+        domain: &str,
+        feed: impl Fn(&mut dyn FnMut(&[u8])) -> std::io::Result<()>,
+    ) -> std::io::Result<String> {
         let mut out = String::new();
         for (selector, signer) in self
             .keys
@@ -254,8 +274,16 @@ impl Signers {
             .flatten()
         {
             let signature = match signer {
-                Signer::Ed25519(s) => s.sign(message),
-                Signer::Rsa(s) => s.sign(message),
+                Signer::Ed25519(s) => {
+                    let mut stream = s.sign_streaming();
+                    feed(&mut |c| stream.write(c))?;
+                    stream.finish()
+                }
+                Signer::Rsa(s) => {
+                    let mut stream = s.sign_streaming();
+                    feed(&mut |c| stream.write(c))?;
+                    stream.finish()
+                }
             };
             match signature {
                 Ok(s) => out.push_str(&s.to_header()),
@@ -264,6 +292,6 @@ impl Signers {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }

@@ -15,6 +15,24 @@ pub fn header_section(message: &[u8]) -> &[u8] {
     }
 }
 
+/// Where the body starts: after the empty line that ends the header section (2 for a
+/// message that starts with it, the length for one with no empty line: all header).
+pub fn body_start(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 2;
+    }
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => i + 4,
+        None => message.len(),
+    }
+}
+
+/// True when `message` holds the end of its header section (the empty line), or starts
+/// without one.
+pub fn has_header_end(message: &[u8]) -> bool {
+    message.starts_with(b"\r\n") || message.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
 /// One header field: its name (without trailing white space, RFC 5322 §4.5.3 allows some
 /// before the colon) and its raw value, folding included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,5 +116,9 @@ mod tests {
         assert_eq!(raw.concat(), h, "the raw fields are the whole section");
         assert_eq!(raw[1], b"Subject: one\r\n two\r\n");
         assert_eq!(raw.len(), 4);
+        assert_eq!(body_start(m), m.len() - 12);
+        assert_eq!(body_start(b"\r\nbody"), 2);
+        assert_eq!(body_start(b"A: 1\r\n"), 6);
+        assert!(has_header_end(m) && has_header_end(b"\r\n") && !has_header_end(b"A: 1\r\n"));
     }
 }

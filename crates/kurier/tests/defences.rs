@@ -270,6 +270,31 @@ fn spf_dkim_dmarc_evaluation() {
     );
     let r = send_raw(s.smtp, "news@good.test", "postmaster@localhost", &signed);
     assert!(r.starts_with("250 "), "{r}\n{}", s.log());
+    // A large message (its body goes to disk while it arrives), with white-space lines at
+    // the end of its body: both signatures, one over the relaxed body, still verify.
+    let mut large =
+        b"From: News <news@good.test>\r\nTo: postmaster@localhost\r\nSubject: large signed\r\n\r\n"
+            .to_vec();
+    for i in 0..30_000 {
+        large.extend_from_slice(format!("line {i} of a long  newsletter\t \r\n").as_bytes());
+    }
+    large.extend_from_slice(b"  \r\n\t\r\n\r\n");
+    let signed = dkim_sign(&large, "rsa", "good.test", &rsa_key, &[]);
+    let signed = dkim_sign(
+        &signed,
+        "ed",
+        "good.test",
+        &ed_key,
+        &["--signalg", "ed25519-sha256", "--bcanon", "relaxed"],
+    );
+    let r = send_raw(s.smtp, "news@good.test", "postmaster@localhost", &signed);
+    assert!(r.starts_with("250 "), "{r}\n{}", s.log());
+    // Changed in the part that went to disk: both fail.
+    let mut tampered = signed.clone();
+    let at = tampered.len() - 20_000;
+    tampered[at] = b'X';
+    let r = send_raw(s.smtp, "news@good.test", "postmaster@localhost", &tampered);
+    assert!(r.starts_with("550 5.7.1"), "{r}\n{}", s.log());
     // Plain SPF pass without DMARC.
     send_ok(
         s.smtp,
@@ -283,7 +308,7 @@ fn spf_dkim_dmarc_evaluation() {
         "postmaster@localhost",
         b"From: a@twice.test\r\nSubject: twice\r\n\r\nx\r\n",
     );
-    let mail = s.wait_for_mail("localhost", "postmaster", 3);
+    let mail = s.wait_for_mail("localhost", "postmaster", 4);
     let all: Vec<String> = mail
         .iter()
         .map(|m| String::from_utf8_lossy(m).to_string())
@@ -304,6 +329,14 @@ fn spf_dkim_dmarc_evaluation() {
     // The forged field claiming our name is gone; the message is otherwise intact.
     assert!(!String::from_utf8_lossy(&rest).contains("(forged)"));
     assert!(String::from_utf8_lossy(&rest).contains("Hello, verified world."));
+    let large_mail = all
+        .iter()
+        .find(|m| m.contains("Subject: large signed"))
+        .unwrap();
+    let (_, trace, rest) = split_delivered(large_mail.as_bytes());
+    assert_eq!(trace.matches("dkim=pass").count(), 2, "{trace}");
+    assert!(trace.contains("dmarc=pass"), "{trace}");
+    assert!(rest.ends_with(b"newsletter\t \n  \n\t\n\n"));
     let spf_mail = all.iter().find(|m| m.contains("Subject: spf")).unwrap();
     assert!(spf_mail.contains("spf=pass"), "{spf_mail}");
     assert!(spf_mail.contains("dmarc=none"), "{spf_mail}");
@@ -388,9 +421,33 @@ fn submissions_are_dkim_signed_and_verify_with_dkimpy() {
             .args(["--header", "Subject: signed by kurier"]),
     );
     assert!(out.contains("250 2.0.0 Ok"), "{out}");
-    let (_, relayed) = receiver.wait_messages(1).remove(0);
-    let eml = s.dir.path().join("relayed.eml");
-    std::fs::write(&eml, relayed).unwrap();
+    // A large one: signed from its file on disk, it verifies all the same.
+    let body = s.dir.path().join("large.txt");
+    let text: String = (0..40_000)
+        .map(|i| format!("line {i} of a large report\n"))
+        .collect();
+    std::fs::write(&body, text).unwrap();
+    let out = run_ok(
+        swaks_submit(s.submission, "alice@localhost", "bob@dk.test")
+            .args(["--header", "Subject: large, signed by kurier"])
+            .args(["--body", &format!("@{}", body.display())]),
+    );
+    assert!(out.contains("250 2.0.0 Ok"), "{out}");
+    let relayed = receiver.wait_messages(2);
+    assert!(relayed[1].1.len() > 1_000_000);
+    for (i, (_, message)) in relayed.into_iter().enumerate() {
+        verify_with_dkimpy(
+            &s.dir.path().join(format!("relayed{i}.eml")),
+            &message,
+            &records,
+        );
+    }
+}
+
+/// dkimpy's verdict on each DKIM signature of `message` (written to `eml`), with the keys
+/// of `records`: all must pass, and there must be two.
+fn verify_with_dkimpy(eml: &std::path::Path, message: &[u8], records: &[(String, String)]) {
+    std::fs::write(eml, message).unwrap();
     let script = r#"
 import dkim, json, sys
 records = json.loads(sys.argv[2])

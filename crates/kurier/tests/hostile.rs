@@ -458,12 +458,12 @@ fn hundreds_of_dkim_signatures_cost_a_few_lookups() {
 
 #[test]
 fn message_data_in_transit_stays_within_the_memory_budget() {
-    // 4 MiB for all message data: 2 MiB for the first 256 KiB of every message, 2 MiB for
-    // the messages that grow beyond it, each reserving all it may need (1 MiB, the size
-    // limit) at once. One large message in transit leaves no room for a second.
+    // 2 MiB for all message data: 1 MiB for the first 256 KiB of every message, 1 MiB for
+    // the messages that grow beyond it, each holding up to 512 KiB more while the rest goes
+    // to disk. Two large messages at once need more than that half.
     let s = TestServer::start(
         "",
-        "[limits]\nmessage_size = 1048576\nmessage_memory = 4194304\nmessage_memory_wait = \"5s\"\n",
+        "[limits]\nmessage_size = 8388608\nmessage_memory = 2097152\nmessage_memory_wait = \"5s\"\n",
     );
     let start = |w: &mut Wire| {
         assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
@@ -493,14 +493,58 @@ fn message_data_in_transit_stays_within_the_memory_budget() {
     a.send(b".\r\n");
     let r = a.reply();
     assert!(r.starts_with("250 2.0.0"), "{r}");
+    // A message three times the whole budget: all but its start went to disk as it came.
     let mut c = Wire::greeted(s.smtp);
     start(&mut c);
-    c.send(format!("Subject: after\r\n\r\n{}.\r\n", line.repeat(900)).as_bytes());
-    assert!(c.reply().starts_with("250 2.0.0"));
+    let numbered: String = (0..6000)
+        .map(|i| format!("{i:06} {}\r\n", &line[7..]))
+        .collect();
+    c.send(format!("Subject: after\r\n\r\n{numbered}.\r\n").as_bytes());
+    let r = c.reply();
+    assert!(r.starts_with("250 2.0.0"), "{r}");
     // Small messages do not wait for the large ones.
     let mut d = Wire::greeted(s.smtp);
     start(&mut d);
     d.send(b"Subject: small\r\n\r\nhi\r\n.\r\n");
     assert!(d.reply().starts_with("250 2.0.0"));
     assert!(s.log().contains("message data memory budget spent"));
+    // Both large ones arrived whole, in order; the files their data went to have no name
+    // and nothing is left in the spool's tmp/.
+    let mail = s.wait_for_mail("localhost", "postmaster", 3);
+    let after = mail
+        .iter()
+        .find(|m| m.windows(14).any(|w| w == b"Subject: after"))
+        .expect("the 6 MB message");
+    let body_at = after.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+    assert_eq!(after[body_at..], common::lf(numbered.as_bytes()));
+    let big = mail
+        .iter()
+        .find(|m| m.windows(12).any(|w| w == b"Subject: big"))
+        .expect("the 900 kB message");
+    assert!(big.ends_with(&common::lf(line.repeat(900).as_bytes())));
+    assert!(common::list(&s.data_dir().join("spool/tmp")).is_empty());
+}
+
+/// Every header check reads the start of the message kept in memory: a header section that
+/// does not end within it is refused, small message or large, never half checked.
+#[test]
+fn a_header_section_longer_than_the_start_kept_in_memory_is_refused() {
+    let s = TestServer::default();
+    let field = format!("X-Filler: {}\r\n", "f".repeat(988));
+    for body in ["short body\r\n".to_string(), "b".repeat(998) + "\r\n"] {
+        let mut w = Wire::greeted(s.smtp);
+        assert!(w.cmd("MAIL FROM:<a@example.test>").starts_with("250 "));
+        assert!(w.cmd("RCPT TO:<postmaster@localhost>").starts_with("250 "));
+        assert!(w.cmd("DATA").starts_with("354 "));
+        let message = format!("{}\r\n{}", field.repeat(300), body.repeat(1000));
+        w.send(&kurier_smtp::data::dot_stuff(message.as_bytes()));
+        let r = w.reply();
+        assert!(
+            r.starts_with("552 5.3.4 Message header section longer than 256 KiB"),
+            "{r}"
+        );
+        // The session goes on.
+        assert!(w.cmd("RSET").starts_with("250 "));
+    }
+    assert!(s.queued().is_empty());
 }

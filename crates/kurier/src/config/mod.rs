@@ -197,8 +197,9 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Memory that message data being received may take, all sessions together, in
     /// octets. A session that would go over it stops reading its client until others have
-    /// finished (after `message_memory_wait`: 421 4.3.1). At least twice `message_size` +
-    /// 1 MiB: half is for the first 256 KiB of every message, half for larger ones.
+    /// finished (after `message_memory_wait`: 421 4.3.1). At least 2 MiB: half is for the
+    /// first 256 KiB of every message, half for the 512 KiB more a larger one holds while
+    /// the rest of it goes to disk.
     pub message_memory: u64,
     /// How long a session waits for `message_memory` before it gives way.
     #[serde(with = "duration::text")]

@@ -7,6 +7,9 @@ use kurier_smtp::{Domain, Mailbox};
 
 use super::{Config, ConfigError, TlsMode, invalid};
 
+/// The smallest `limits.message_memory`: twice what a large message holds in memory.
+const MESSAGE_MEMORY_LEAST: u64 = 2 * 1024 * 1024;
+
 impl Config {
     /// Checks everything serde cannot: names, addresses, ranges, consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -106,13 +109,12 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        // Half of it must hold one message of the largest size, or its session would wait
-        // for ever (see load::MemoryBudget).
-        let least = l.message_size.saturating_add(1024 * 1024).saturating_mul(2);
-        if l.message_memory < least {
+        // Half of it must hold what one large message keeps in memory while the rest goes
+        // to disk, or its session would wait for ever (see load::MemoryBudget).
+        if l.message_memory < MESSAGE_MEMORY_LEAST {
             return Err(invalid(
                 "limits.message_memory",
-                format!("must be at least twice limits.message_size + 1 MiB ({least} octets)"),
+                format!("must be at least 2 MiB ({MESSAGE_MEMORY_LEAST} octets)"),
             ));
         }
         for (key, value) in [

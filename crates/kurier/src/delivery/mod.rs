@@ -66,14 +66,14 @@ impl DeliveryHandle {
     /// Hands a message that is already durable in the spool to the delivery workers. Never
     /// waits: when the workers' queue is full, the message is booked for now in the
     /// scheduler (which keeps only its id, so memory stays bounded) and loaded from the
-    /// spool when a worker is free.
-    pub fn submit(&self, envelope: Envelope, body: Arc<Vec<u8>>) {
+    /// spool when a worker is free. `body`: the message's bytes, when they are in memory.
+    pub fn submit(&self, envelope: Envelope, body: Option<Arc<Vec<u8>>>) {
         let Some(tx) = &self.jobs else {
             return;
         };
         let job = Job {
             envelope,
-            body: carried(body),
+            body: body.and_then(carried),
         };
         if let Err(mpsc::error::TrySendError::Full(job)) = tx.try_send(job) {
             self.engine

@@ -19,8 +19,10 @@ use tokio_rustls::TlsStream;
 
 use super::Inbound;
 use super::read_clock::ReadClock;
+use super::spill::{self, Spill};
 use crate::load::{Reservation, STRESS_TIMEOUT};
 use crate::maillog;
+use crate::message_data::MessageData;
 use crate::policy::{Client, Transaction};
 use crate::shutdown::Shutdown;
 use crate::stream::Conn;
@@ -187,6 +189,7 @@ async fn run(
         rdns: Some(rdns),
         client_name: None,
         memory: Reservation::default(),
+        spill: None,
     };
     driver.serve(conn, shutdown).await
 }
@@ -215,6 +218,8 @@ struct Driver<'a> {
     client_name: Option<String>,
     /// The part of the memory budget held for this session's message data.
     memory: Reservation,
+    /// Where the data of a large message goes while it arrives.
+    spill: Option<Spill>,
 }
 
 impl Driver<'_> {
@@ -250,6 +255,7 @@ impl Driver<'_> {
                 clock.replied(Instant::now());
             }
             self.summary.helo = self.session.helo().map(str::to_string);
+            self.spill_data().await;
             if self.reserve_memory(&mut clock, buf.len()).await {
                 continue;
             }
@@ -324,10 +330,13 @@ impl Driver<'_> {
         let wait = self.inbound.config.limits.message_memory_wait;
         // All it may still need: its declared size, or the limit (plus a read's worth).
         let limit = self.inbound.config.limits.message_size;
+        // Past IN_MEMORY a message goes to disk: that is the most it holds.
+        let in_memory = spill::IN_MEMORY + 2 * next_read as u64;
         let mut most = self.session.declared_size().unwrap_or(limit).min(limit) + next_read as u64;
         if want > most {
             most = limit + next_read as u64;
         }
+        most = most.min(in_memory).max(want);
         let reserve = budget.reserve(&mut self.memory, want, most);
         let reserved = tokio::time::timeout(wait, reserve);
         if reserved.await.is_err() {
@@ -340,6 +349,41 @@ impl Driver<'_> {
         }
         clock.paused(started.elapsed());
         false
+    }
+
+    /// Writes the data of a large message past its first octets to disk while it arrives
+    /// (see [`spill`]); the file of an earlier message that did not end is dropped.
+    async fn spill_data(&mut self) {
+        let Some(piece) = self.session.take_message_data(spill::KEEP, spill::PIECE) else {
+            return;
+        };
+        let serial = self.session.message_serial();
+        let spill = match self.spill.take() {
+            Some(s) if s.serial() == serial => s,
+            _ => Spill::new(&self.inbound.spool, serial),
+        };
+        let spill = self.spill.insert(spill);
+        spill.write(piece).await;
+    }
+
+    /// The message at the end of its data: in memory, or its start with the file the rest
+    /// went to.
+    async fn message_data(&mut self, body: Vec<u8>, spilled: u64) -> Result<MessageData, Reply> {
+        let spill = self.spill.take();
+        if spilled == 0 {
+            return Ok(MessageData::in_memory(body));
+        }
+        match spill {
+            Some(s) if s.serial() == self.session.message_serial() => s.finish(body, spilled).await,
+            _ => {
+                tracing::error!(spilled, "message data handed out but not on disk");
+                Err(Reply::new(
+                    451,
+                    codes::SYSTEM_TEMP,
+                    "Local error in processing, try again later",
+                ))
+            }
+        }
     }
 
     fn check_mail(&mut self, from: &ReversePath, params: &MailParams) {
@@ -390,7 +434,12 @@ impl Driver<'_> {
         Ok(conn)
     }
 
-    async fn commit(&mut self, message: kurier_smtp::session::Message) {
+    async fn commit(&mut self, mut message: kurier_smtp::session::Message) {
+        let body = std::mem::take(&mut message.body);
+        let data = match self.message_data(body, message.spilled).await {
+            Ok(data) => data,
+            Err(reply) => return self.session.resolve_commit(Err(reply)),
+        };
         if self.rdns.as_ref().is_some_and(|h| h.is_finished())
             && let Some(handle) = self.rdns.take()
         {
@@ -403,6 +452,7 @@ impl Driver<'_> {
             self.client_name.as_deref(),
             &mut self.tx,
             message,
+            data,
         )
         .await;
         if result.is_ok() {

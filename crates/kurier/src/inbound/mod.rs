@@ -24,6 +24,7 @@ use crate::policy::Policy;
 pub mod driver;
 mod read_clock;
 pub mod receive;
+pub mod spill;
 
 pub use driver::serve;
 

@@ -7,9 +7,10 @@ use kurier_smtp::trace::Received;
 use kurier_smtp::{Body, ForwardPath, Mailbox, Reply, Role, codes};
 use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, SpoolError};
 
-use super::Inbound;
+use super::{Inbound, spill};
 use crate::header::{fields, header_section};
 use crate::maillog;
+use crate::message_data::MessageData;
 use crate::policy::header_fields;
 use crate::policy::sender_auth::strip_forged;
 use crate::policy::{Client, Transaction};
@@ -17,28 +18,30 @@ use crate::time::rfc5322;
 
 /// Builds the envelope, prepends our header fields, writes the message durably, and only
 /// then returns the queue id for the 250 reply. Failures become 451/452 (the client
-/// retries) or the policy's refusal.
+/// retries) or the policy's refusal. `data` is the message (`message.body` is not used);
+/// every header check reads its start, where the header section is.
 pub async fn commit(
     inbound: &Inbound,
     client: &Client<'_>,
     client_name: Option<&str>,
     tx: &mut Transaction,
     message: Message,
+    data: MessageData,
 ) -> Result<String, Reply> {
-    header_fields::check(&message.body, inbound.config.limits.hops)?;
+    spill::header_fits(&data)?;
+    header_fields::check(&data.head, inbound.config.limits.hops)?;
     if let Some(user) = &message.auth_user {
-        inbound.policy.check_from_header(user, &message.body)?;
+        inbound.policy.check_from_header(user, &data.head)?;
     }
     let id = QueueId::generate();
     let now = crate::time::unix_now();
     let recipients = recipients(inbound, &message);
-    // The message is worked on in its one buffer: forged results of ours are cut out in
-    // place and our header fields go in front (no copy of a large message).
-    let mut message = message;
-    let mut body = std::mem::take(&mut message.body);
-    strip_forged(&mut body, &inbound.config.hostname);
+    // The header section is worked on in place: forged results of ours are cut out, and
+    // our header fields go in front when the message is written (no copy of it).
+    let mut data = data;
+    strip_forged(&mut data.head, &inbound.config.hostname);
     if message.auth_user.is_some() {
-        add_missing_date_and_id(&mut body, &id, now, &inbound.config.hostname);
+        add_missing_date_and_id(&mut data.head, &id, now, &inbound.config.hostname);
     }
     let (prefix, junk) = headers(
         inbound,
@@ -49,12 +52,20 @@ pub async fn commit(
         now,
         &recipients,
         &message,
-        &body,
+        &data,
     )
     .await?;
-    body.splice(0..0, prefix.into_bytes());
-    let envelope = envelope(id, now, client, &message, recipients, &body, junk);
-    let outcome = make_durable(inbound, envelope, body).await?;
+    let envelope = envelope(
+        id,
+        now,
+        client,
+        &message,
+        recipients,
+        prefix.len(),
+        &data,
+        junk,
+    );
+    let outcome = make_durable(inbound, envelope, prefix, data).await?;
     maillog::message_accepted(&outcome.0, &message, client.ip, outcome.1);
     Ok(outcome.0.id.to_string())
 }
@@ -115,7 +126,7 @@ async fn headers(
     now: u64,
     recipients: &[RecipientState],
     message: &Message,
-    received: &[u8],
+    received: &MessageData,
 ) -> Result<(String, bool), Reply> {
     let config = &inbound.config;
     let single_rcpt = (recipients.len() == 1).then(|| recipients[0].address.to_string());
@@ -155,27 +166,46 @@ async fn headers(
         junk = checked.junk;
     }
     if message.auth_user.is_some() {
-        let domain = header_fields::from_domain(received)
+        let domain = header_fields::from_domain(&received.head)
             .or_else(|| message.from.mailbox().map(|m| m.domain().to_string()));
         if let Some(domain) = domain {
             let local = kurier_smtp::Domain::parse(&domain)
                 .is_ok_and(|d| inbound.policy.directory.is_local_domain(&d));
             if local && inbound.signers.has(&domain) {
-                prefix.push_str(&inbound.signers.sign(&domain, received));
+                prefix.push_str(&sign(inbound, &domain, received).await?);
             }
         }
     }
     Ok((prefix, junk))
 }
 
-/// The envelope of an accepted message.
+/// The DKIM signature of a submission; a large one is read from its file off the reactor.
+async fn sign(inbound: &Inbound, domain: &str, data: &MessageData) -> Result<String, Reply> {
+    let signed = if data.rest().is_some() {
+        let (signers, domain, data) = (inbound.signers.clone(), domain.to_string(), data.clone());
+        tokio::task::spawn_blocking(move || signers.sign_data(&domain, &data))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+    } else {
+        inbound.signers.sign_data(domain, data)
+    };
+    signed.map_err(|e| {
+        tracing::error!(error = %e, "cannot read the message data to sign it");
+        local_error()
+    })
+}
+
+/// The envelope of an accepted message: `prefix` octets of our header fields, then `data`.
+#[allow(clippy::too_many_arguments)]
 fn envelope(
     id: QueueId,
     now: u64,
     client: &Client<'_>,
     message: &Message,
     recipients: Vec<RecipientState>,
-    body: &[u8],
+    prefix: usize,
+    data: &MessageData,
     junk: bool,
 ) -> Envelope {
     Envelope {
@@ -187,7 +217,13 @@ fn envelope(
         helo: message.helo.clone(),
         auth_user: message.auth_user.clone(),
         junk,
-        ..Envelope::new(id, now, message.from.clone(), recipients, body.len() as u64)
+        ..Envelope::new(
+            id,
+            now,
+            message.from.clone(),
+            recipients,
+            prefix as u64 + data.len(),
+        )
     }
 }
 
@@ -195,19 +231,29 @@ fn envelope(
 /// for it, and the spool is never written. Anything that needs more (a failed write, a
 /// success DSN) goes to the spool with what was done recorded, and is handed to delivery
 /// without waiting (the message is durable; the `250` never waits on the delivery queue).
+/// A message with its rest on disk goes to the spool (its file copied in the kernel), and
+/// delivery reads it from there.
 async fn make_durable(
     inbound: &Inbound,
     envelope: Envelope,
-    body: Vec<u8>,
+    prefix: String,
+    data: MessageData,
 ) -> Result<(Envelope, &'static str), Reply> {
-    let body = std::sync::Arc::new(body);
     let mut envelope = envelope;
+    let (body, on_disk) = if data.as_memory().is_some() {
+        let mut whole = data.head;
+        whole.splice(0..0, prefix.into_bytes());
+        (Some(std::sync::Arc::new(whole)), None)
+    } else {
+        (None, Some((prefix, data)))
+    };
     let direct = inbound.delivery.is_enabled()
         && envelope
             .recipients
             .iter()
             .all(|r| r.local && !r.notify.is_some_and(|n| n.success));
     if direct
+        && let Some(body) = &body
         && let Some(env) = inbound
             .delivery
             .deliver_now(envelope.clone(), body.clone())
@@ -222,8 +268,21 @@ async fn make_durable(
         }
         envelope = env;
     }
-    let (spool, env, bytes) = (inbound.spool.clone(), envelope.clone(), body.clone());
-    let written = tokio::task::spawn_blocking(move || spool.commit(&env, &bytes)).await;
+    let (spool, env) = (inbound.spool.clone(), envelope.clone());
+    let written = match (&body, on_disk) {
+        (Some(bytes), _) => {
+            let bytes = bytes.clone();
+            tokio::task::spawn_blocking(move || spool.commit(&env, &bytes)).await
+        }
+        (None, Some((prefix, data))) => {
+            tokio::task::spawn_blocking(move || {
+                let parts = [prefix.as_bytes(), data.head.as_slice()];
+                spool.commit_with_rest(&env, &parts, data.rest())
+            })
+            .await
+        }
+        (None, None) => return Err(local_error()),
+    };
     match written {
         Ok(Ok(())) => {}
         Ok(Err(SpoolError::NoSpace { path })) => {

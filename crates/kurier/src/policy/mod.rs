@@ -24,8 +24,10 @@ use crate::config::Config;
 use crate::directory::{Directory, Resolution};
 use crate::dns::MxResolver;
 use crate::maillog;
+use crate::message_data::MessageData;
 use crate::time::Clock;
 
+pub mod body_hash;
 pub mod dkim_budget;
 pub mod dnsbl;
 pub mod greylist;
@@ -310,7 +312,7 @@ impl Policy {
         from: &ReversePath,
         recipient_domains: &[&str],
         tx: &mut Transaction,
-        message: &[u8],
+        message: &MessageData,
     ) -> Result<SenderChecked, Reply> {
         let check = sender_auth::Check {
             hostname: &self.config.hostname,
@@ -318,8 +320,16 @@ impl Policy {
             helo: client.helo,
             from,
         };
-        let evaluation =
-            sender_auth::evaluate(&self.resolver, &check, tx.spf.take(), message).await;
+        let evaluation = sender_auth::evaluate(&self.resolver, &check, tx.spf.take(), message)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the message data to check its sender");
+                Reply::new(
+                    451,
+                    codes::SYSTEM_TEMP,
+                    "Local error in processing, try again later",
+                )
+            })?;
         let mut policies: Vec<_> = recipient_domains
             .iter()
             .map(|d| self.config.authentication.policy(d))

@@ -11,7 +11,6 @@ use std::net::IpAddr;
 use kurier_smtp::{Reply, ReversePath, codes};
 use mail_auth::arc::ArcError;
 use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Canonicalization, DkimError};
 use mail_auth::dmarc::Policy;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
@@ -20,7 +19,10 @@ use mail_auth::{
 
 use crate::config::SenderPolicy;
 use crate::dns::MxResolver;
-use crate::header::{header_section, parse_field, raw_fields};
+use crate::header::{body_start, header_section, parse_field, raw_fields};
+use crate::message_data::MessageData;
+
+use super::body_hash;
 
 /// What the evaluation found. [`Evaluation::decide`] turns it into a verdict under the
 /// policies of the recipients' domains.
@@ -91,16 +93,17 @@ pub struct Check<'a> {
 }
 
 /// Evaluates SPF, DKIM, ARC and DMARC for a message, within [`DEADLINE`]. `spf` is the
-/// transaction's SPF result when it was evaluated already (at RCPT, for greylisting).
+/// transaction's SPF result when it was evaluated already (at RCPT, for greylisting). An
+/// error is a failure to read the message's data from its file.
 pub async fn evaluate(
     resolver: &MxResolver,
     check: &Check<'_>,
     spf: Option<SpfOutput>,
-    body: &[u8],
-) -> Evaluation {
-    match tokio::time::timeout(DEADLINE, evaluate_now(resolver, check, spf, body)).await {
+    data: &MessageData,
+) -> std::io::Result<Evaluation> {
+    match tokio::time::timeout(DEADLINE, evaluate_now(resolver, check, spf, data)).await {
         Ok(e) => e,
-        Err(_) => Evaluation {
+        Err(_) => Ok(Evaluation {
             header: String::new(),
             temporary: Some(format!(
                 "the sender's records (no answer within {} s)",
@@ -109,7 +112,7 @@ pub async fn evaluate(
             spf_fail: None,
             dmarc_fail: None,
             ip: check.ip,
-        },
+        }),
     }
 }
 
@@ -133,8 +136,8 @@ async fn evaluate_now(
     resolver: &MxResolver,
     c: &Check<'_>,
     spf: Option<SpfOutput>,
-    body: &[u8],
-) -> Evaluation {
+    data: &MessageData,
+) -> std::io::Result<Evaluation> {
     let auth = MessageAuthenticator(resolver.resolver().clone());
     let sender = c.from.mailbox().map(|m| m.to_string()).unwrap_or_default();
     // RFC 7208 §2.4: for the null sender, the HELO identity is checked.
@@ -147,39 +150,37 @@ async fn evaluate_now(
         .map_or(c.helo, |(_, d)| d)
         .to_string();
     let spf_fail = (spf.result() == SpfResult::Fail).then(|| spf_domain.clone());
-    let limited = super::dkim_budget::limited(body);
-    let body = limited.as_deref().unwrap_or(body);
-    let Some(message) = AuthenticatedMessage::parse(body) else {
+    // The header section alone is parsed; the body hashes its signatures ask for are
+    // computed over the body in chunks (it may be on disk).
+    let body_start = body_start(&data.head);
+    let header = &data.head[..body_start];
+    let limited = super::dkim_budget::limited(header);
+    let header = limited.as_deref().unwrap_or(header);
+    let Some(mut message) = AuthenticatedMessage::parse(header) else {
         let header = AuthenticationResults::new(c.hostname)
             .with_spf_mailfrom_result(&spf, c.ip, &sender, c.helo)
             .to_header();
-        return Evaluation {
+        return Ok(Evaluation {
             header,
             temporary: (spf.result() == SpfResult::TempError)
                 .then(|| format!("the SPF record of {spf_domain}")),
             spf_fail,
             dmarc_fail: None,
             ip: c.ip,
-        };
+        });
     };
-    let fixed_raw = relaxed_tail_fixed(body);
-    let fixed = fixed_raw.as_deref().and_then(AuthenticatedMessage::parse);
-    let mut dkim = auth.verify_dkim(&message).await;
-    // Signatures with relaxed body canonicalization over a body that ends in whitespace-only
-    // lines: checked again over the body as RFC 6376 §3.4.4 canonicalizes it (see
-    // `relaxed_tail_fixed`). Only those signatures can change, and only to a pass.
-    if let Some(fixed) = &fixed
-        && dkim.iter().any(relaxed_body_mismatch)
-    {
-        let again = auth.verify_dkim(fixed).await;
-        if again.len() == dkim.len() {
-            for (first, second) in dkim.iter_mut().zip(again) {
-                if relaxed_body_mismatch(first) && *second.result() == DkimResult::Pass {
-                    *first = second;
-                }
-            }
-        }
+    if data.rest().is_some() {
+        // File reads and hashing of a large message, off the reactor.
+        let (mut hashes, data) = (std::mem::take(&mut message.body_hashes), data.clone());
+        message.body_hashes = tokio::task::spawn_blocking(move || {
+            body_hash::fill(&mut hashes, &data, body_start).map(|()| hashes)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+    } else {
+        body_hash::fill(&mut message.body_hashes, data, body_start)?;
     }
+    let dkim = auth.verify_dkim(&message).await;
     // RFC 8617: the chain of custody of forwarders that sealed the message (recorded, so
     // filters and users can trust a known forwarder; it does not override DMARC here).
     let arc = arc_verdict(auth.verify_arc(&message).await);
@@ -208,53 +209,13 @@ async fn evaluate_now(
     };
     let dmarc_fail = matches!(dmarc_result, DmarcResult::Fail(_))
         .then(|| (dmarc.domain().to_string(), dmarc.policy()));
-    Evaluation {
+    Ok(Evaluation {
         header,
         temporary,
         spf_fail,
         dmarc_fail,
         ip: c.ip,
-    }
-}
-
-/// A DKIM signature with relaxed body canonicalization whose body hash did not match.
-fn relaxed_body_mismatch(d: &mail_auth::DkimOutput<'_>) -> bool {
-    let mismatch = mail_auth::Error::Dkim(DkimError::FailedBodyHashMatch);
-    matches!(d.result(), DkimResult::Neutral(e) | DkimResult::Fail(e) if *e == mismatch)
-        && d.signature()
-            .is_some_and(|s| s.cb == Canonicalization::Relaxed)
-}
-
-/// The message with the whitespace-only lines at the end of its body emptied, or `None`
-/// when there are none. RFC 6376 §3.4.4 relaxed body canonicalization strips trailing
-/// whitespace from every line and then ignores empty lines at the end, so both bodies have
-/// the same relaxed form; mail-auth 0.13.3 keeps such lines in that form (fixed in later
-/// versions), and would fail a correct signature without this.
-fn relaxed_tail_fixed(message: &[u8]) -> Option<Vec<u8>> {
-    let body_start = message.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let body = &message[body_start..];
-    // Walk back over the trailing lines made only of SP, HTAB and their CRLF.
-    let mut tail = body.len();
-    let mut has_whitespace = false;
-    while let Some(before_crlf) = body[..tail].strip_suffix(b"\r\n") {
-        let line_start = before_crlf
-            .windows(2)
-            .rposition(|w| w == b"\r\n")
-            .map_or(0, |i| i + 2);
-        let line = &before_crlf[line_start..];
-        if !line.iter().all(|b| *b == b' ' || *b == b'\t') {
-            break;
-        }
-        has_whitespace |= !line.is_empty();
-        tail = line_start;
-    }
-    if !has_whitespace {
-        return None;
-    }
-    let lines = body[tail..].windows(2).filter(|w| *w == b"\r\n").count();
-    let mut fixed = message[..body_start + tail].to_vec();
-    fixed.extend(std::iter::repeat_n(b"\r\n".iter().copied(), lines).flatten());
-    Some(fixed)
+    })
 }
 
 /// RFC 8617 §5.2: when the newest ARC-Message-Signature does not validate, the chain fails.
@@ -359,25 +320,6 @@ mod tests {
             dmarc_fail: dmarc.map(|p| ("from.test".to_string(), p)),
             ip: IpAddr::from([192, 0, 2, 1]),
         }
-    }
-
-    #[test]
-    fn trailing_whitespace_lines_are_emptied() {
-        let fixed =
-            |m: &[u8]| relaxed_tail_fixed(m).map(|v| String::from_utf8(v).unwrap_or_default());
-        assert_eq!(
-            fixed(b"A: b\r\n\r\nHello!\r\n  \r\n\t\r\n\r\n").as_deref(),
-            Some("A: b\r\n\r\nHello!\r\n\r\n\r\n\r\n")
-        );
-        // Nothing to change: no whitespace-only lines, or only empty ones, at the end.
-        assert_eq!(fixed(b"A: b\r\n\r\nHello!\r\n"), None);
-        assert_eq!(fixed(b"A: b\r\n\r\nHello!\r\n\r\n\r\n"), None);
-        assert_eq!(fixed(b"A: b\r\n\r\nHello! \r\nworld\r\n"), None);
-        // A body of blank lines only.
-        assert_eq!(
-            fixed(b"A: b\r\n\r\n \r\n").as_deref(),
-            Some("A: b\r\n\r\n\r\n")
-        );
     }
 
     #[test]
