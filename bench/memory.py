@@ -5,8 +5,9 @@
   stalled   N clients each send PART octets of DATA and then stop sending
 
 Prints the server's resident memory before, its peak (VmHWM) during each load, and how many
-messages were accepted. Usage: memory.py PORT PID parallel N SIZE | stalled N PART
+messages were accepted. Usage: memory.py PORT PID parallel N SIZE [MAILDIR_NEW] | stalled N PART
 """
+import os
 import socket
 import sys
 import threading
@@ -69,11 +70,25 @@ def main():
         t.join()
     if mode == "stalled":
         time.sleep(2)
-    peak = rss_kb(pid, "VmHWM")
     accepted = sum(1 for r in results if r == b"250")
+    received = rss_kb(pid, "VmHWM")
+    # The peak counts delivery too: wait until every accepted message is in the Maildir.
+    delivered = 0
+    if len(sys.argv) > 6:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                delivered = len(os.listdir(sys.argv[6]))
+            except FileNotFoundError:
+                delivered = 0
+            if delivered >= accepted:
+                break
+            time.sleep(0.2)
     held = sum(1 for r in results if isinstance(r, socket.socket))
-    print(f"{mode}: {n} clients x {size} octets: RSS before {before // 1024} MiB, peak {peak // 1024} MiB, "
-          f"accepted {accepted}, holding {held}, {time.time() - started:.1f} s")
+    peak = rss_kb(pid, "VmHWM")
+    print(f"{mode}: {n} clients x {size} octets: RSS before {before // 1024} MiB, peak while receiving "
+          f"{received // 1024} MiB, peak with delivery {peak // 1024} MiB, accepted {accepted}, "
+          f"delivered {delivered}, holding {held}, {time.time() - started:.1f} s")
     for r in results:
         if isinstance(r, socket.socket):
             r.close()

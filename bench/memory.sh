@@ -33,7 +33,7 @@ CF
   python3 bench/memory.py "$port" "$KPID" "$@"
   kill "$KPID"; wait "$KPID" 2>/dev/null || true; KPID=
 }
-run "" parallel 50 20000000
+run "" parallel 50 20000000 "$WORK/data/mail/localhost/postmaster/new"
 # A connection limit above 1,000 so that stress mode (80% of it) does not cut the stalled
 # clients off while they are counted: this row measures the memory budget alone.
 run "connections = 2000" stalled 1000 100000

@@ -296,32 +296,67 @@ impl DataDecoder {
 /// none of these; the rule holds by construction for anything else, such as reports.)
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 8);
-    let mut at_line_start = true;
-    let mut i = 0;
-    while i < message.len() {
-        match message[i] {
-            b'\r' | b'\n' => {
-                if message[i] == b'\r' && message.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
+    let mut stuffer = DotStuffer::default();
+    stuffer.push(message, &mut out);
+    stuffer.finish(&mut out);
+    out
+}
+
+/// [`dot_stuff`] for a message given in pieces (read from a file while it is sent): the
+/// same output whatever the pieces, with the same guarantees.
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    /// A CR at the end of the last piece: a line end, with or without the LF to come.
+    pending_cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            at_line_start: true,
+            pending_cr: false,
+        }
+    }
+}
+
+impl DotStuffer {
+    /// Encodes the next piece of the message into `out`.
+    pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        out.reserve(piece.len() + 8);
+        for &b in piece {
+            if self.pending_cr {
+                self.pending_cr = false;
                 out.extend_from_slice(b"\r\n");
-                at_line_start = true;
-            }
-            b => {
-                if at_line_start && b == b'.' {
-                    out.push(b'.');
+                self.at_line_start = true;
+                if b == b'\n' {
+                    continue;
                 }
-                out.push(b);
-                at_line_start = false;
+            }
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.at_line_start = true;
+                }
+                b => {
+                    if self.at_line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    out.push(b);
+                    self.at_line_start = false;
+                }
             }
         }
-        i += 1;
     }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
+
+    /// Ends the message: its last line end, then the end of data.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if self.pending_cr || !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
     }
-    out.extend_from_slice(b".\r\n");
-    out
 }
 
 #[cfg(test)]
@@ -360,6 +395,24 @@ mod tests {
         d.feed(b"short\r\n.\r\n");
         assert!(d.take_beyond(100).is_empty());
         assert_eq!(d.finish(), Ok(b"short\r\n".to_vec()));
+    }
+
+    #[test]
+    fn pieces_are_stuffed_as_the_whole() {
+        let message = b"a\r\n.b\rc\n\r\r\n..\r\nend\r";
+        let whole = dot_stuff(message);
+        for cut in 0..=message.len() {
+            let mut out = Vec::new();
+            let mut s = DotStuffer::default();
+            s.push(&message[..cut], &mut out);
+            s.push(&message[cut..], &mut out);
+            s.finish(&mut out);
+            assert_eq!(out, whole, "cut at {cut}");
+        }
+        assert_eq!(
+            whole,
+            b"a\r\n..b\r\nc\r\n\r\n\r\n...\r\nend\r\n.\r\n".to_vec()
+        );
     }
 
     #[test]

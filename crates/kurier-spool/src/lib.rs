@@ -38,6 +38,7 @@
 pub mod durable;
 mod envelope;
 mod memory;
+mod message_data;
 mod store;
 mod v1;
 
@@ -46,4 +47,5 @@ pub use envelope::{
     RecipientState, RecipientStatus, RemoteHost,
 };
 pub use memory::MemoryStore;
+pub use message_data::MessageData;
 pub use store::{Recovery, Spool, SpoolError, Store, decode_queue_file, encode_queue_file};

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::envelope::{Envelope, QueueId};
+use crate::message_data::MessageData;
 use crate::store::{SpoolError, Store};
 
 /// Messages held in memory.
@@ -80,6 +81,10 @@ impl Store for MemoryStore {
             .get(id)
             .cloned()
             .ok_or_else(|| SpoolError::NotFound(id.clone()))
+    }
+
+    fn message(&self, id: &QueueId) -> Result<(Envelope, MessageData), SpoolError> {
+        self.load(id).map(|(e, b)| (e, MessageData::in_memory(b)))
     }
 
     fn envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::durable::{WriteOptions, write_atomic_with};
 use crate::envelope::{Envelope, QueueId};
+use crate::message_data::MessageData;
 use crate::v1::EnvelopeV1;
 
 /// The header of a queue file in the format written now.
@@ -71,6 +72,8 @@ pub trait Store: Send + Sync {
     fn update(&self, envelope: &Envelope) -> Result<(), SpoolError>;
     /// The current envelope and the bytes.
     fn load(&self, id: &QueueId) -> Result<(Envelope, Vec<u8>), SpoolError>;
+    /// The current envelope and the bytes to read in chunks (see [`Spool::message`]).
+    fn message(&self, id: &QueueId) -> Result<(Envelope, MessageData), SpoolError>;
     /// The current envelope only.
     fn envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError>;
     /// Removes a finished message.
@@ -88,6 +91,9 @@ impl Store for Spool {
     }
     fn load(&self, id: &QueueId) -> Result<(Envelope, Vec<u8>), SpoolError> {
         Spool::load(self, id)
+    }
+    fn message(&self, id: &QueueId) -> Result<(Envelope, MessageData), SpoolError> {
+        Spool::message(self, id)
     }
     fn envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
         Spool::envelope(self, id)
@@ -268,6 +274,56 @@ impl Spool {
         Ok((envelope, data))
     }
 
+    /// A message's current envelope and its bytes as a region of its queue file, which is
+    /// read up to the envelope only: delivery reads the body in chunks.
+    pub fn message(&self, id: &QueueId) -> Result<(Envelope, MessageData), SpoolError> {
+        let path = self.queue_path(id);
+        let not_found = |e: io::Error| match e.kind() {
+            io::ErrorKind::NotFound => SpoolError::NotFound(id.clone()),
+            _ => io_err(&path)(e),
+        };
+        let mut file = File::open(&path).map_err(not_found)?;
+        let file_len = file.metadata().map_err(io_err(&path))?.len();
+        let mut head = Vec::with_capacity(QUEUE_LINE_MAX);
+        (&mut file)
+            .take(QUEUE_LINE_MAX as u64)
+            .read_to_end(&mut head)
+            .map_err(io_err(&path))?;
+        let corrupt = |reason: String| SpoolError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        // The first line gives the envelope's length: read through its terminator.
+        let line = head
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| corrupt("no header line".into()))?;
+        let json_len = std::str::from_utf8(&head[..line])
+            .ok()
+            .and_then(|l| l.split_ascii_whitespace().nth(2))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| corrupt("bad header lengths".into()))?;
+        let envelope_end = (line as u64 + 1).saturating_add(json_len).saturating_add(1);
+        if envelope_end > file_len {
+            return Err(corrupt("envelope cut short".into()));
+        }
+        let missing = envelope_end.saturating_sub(head.len() as u64);
+        (&mut file)
+            .take(missing)
+            .read_to_end(&mut head)
+            .map_err(io_err(&path))?;
+        head.truncate(usize::try_from(envelope_end).unwrap_or(usize::MAX));
+        let (mut envelope, body_start) = decode_queue_head(&head, file_len).map_err(corrupt)?;
+        if let Some(state) = self.load_state(id)? {
+            envelope = state;
+        }
+        let body_len = file_len - body_start as u64;
+        Ok((
+            envelope,
+            MessageData::in_file(file, body_start as u64, body_len),
+        ))
+    }
+
     /// Loads only the current envelope.
     pub fn envelope(&self, id: &QueueId) -> Result<Envelope, SpoolError> {
         if let Some(state) = self.load_state(id)?
@@ -391,6 +447,16 @@ pub fn encode_queue_file(envelope: &Envelope, body: &[u8]) -> Result<Vec<u8>, St
 /// format 1 upgraded), and the exact body length. Returns the envelope and where the body
 /// starts. Public so that it can be fuzzed: it reads whatever a damaged disk holds.
 pub fn decode_queue_file(data: &[u8]) -> Result<(Envelope, usize), String> {
+    decode_queue_head(data, data.len() as u64)
+}
+
+/// What comes before the body in a queue file of `file_len` octets: at most its first line,
+/// the envelope and its terminator (the header line says how long), read without the body.
+const QUEUE_LINE_MAX: usize = 128;
+
+/// [`decode_queue_file`] from the start of a queue file (through the envelope at least) and
+/// the file's length: the body is not read.
+fn decode_queue_head(data: &[u8], file_len: u64) -> Result<(Envelope, usize), String> {
     let nl = data
         .iter()
         .position(|&b| b == b'\n')
@@ -411,8 +477,11 @@ pub fn decode_queue_file(data: &[u8]) -> Result<(Envelope, usize), String> {
         .and_then(|n| n.checked_add(1))
         .ok_or("length overflow")?;
     let total = body_start.checked_add(body_len).ok_or("length overflow")?;
-    if data.len() != total {
-        return Err(format!("file is {} bytes, header says {total}", data.len()));
+    if file_len != total as u64 {
+        return Err(format!("file is {file_len} bytes, header says {total}"));
+    }
+    if data.len() < body_start {
+        return Err("envelope cut short".into());
     }
     if data[body_start - 1] != b'\n' {
         return Err("missing envelope terminator".into());
@@ -489,6 +558,29 @@ mod tests {
         let (e, b) = spool.load(&env.id).unwrap();
         assert_eq!(e, env);
         assert_eq!(b, body);
+        // Read as a region of its file: the same envelope and bytes.
+        let (e, data) = spool.message(&env.id).unwrap();
+        assert_eq!(e, env);
+        assert_eq!(data.len(), body.len() as u64);
+        assert_eq!(data.to_vec().unwrap(), body);
+        // A large envelope (longer than the first read) and a damaged file.
+        let mut big = envelope(body);
+        big.helo = "h".repeat(5000);
+        spool.commit(&big, body).unwrap();
+        let (e, data) = spool.message(&big.id).unwrap();
+        assert_eq!((e, data.to_vec().unwrap()), (big.clone(), body.to_vec()));
+        let path = dir.path().join("queue").join(big.id.as_str());
+        let file = fs::read(&path).unwrap();
+        fs::write(&path, &file[..file.len() - 1]).unwrap();
+        assert!(matches!(
+            spool.message(&big.id),
+            Err(SpoolError::Corrupt { .. })
+        ));
+        fs::write(&path, &file[..100]).unwrap();
+        assert!(matches!(
+            spool.message(&big.id),
+            Err(SpoolError::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::data_dir::DataDir;
 use crate::fsutil::{WriteOptions, owner_for, write_atomic};
-use crate::message_data::MessageData;
+use kurier_spool::MessageData;
 
 /// DKIM key problems.
 #[derive(Debug, Error)]

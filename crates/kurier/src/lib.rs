@@ -27,8 +27,6 @@
 //! - [`dkim`]: DKIM keys and signing of mail from local domains.
 //! - [`tls`]: certificates (configured or self-signed) and rustls setup.
 //! - [`stream`]: a connection in plaintext or TLS.
-//! - [`message_data`]: a message on its way in: its start in memory, the rest of a large
-//!   one in an unnamed file written while it arrived.
 //! - [`maillog`]: the server's fixed log events and field names, and the escaping of
 //!   untrusted values in them (no forged log lines, no terminal escapes).
 
@@ -47,7 +45,6 @@ pub mod header;
 pub mod inbound;
 pub mod load;
 pub mod maillog;
-pub mod message_data;
 pub mod policy;
 pub mod server;
 pub mod shutdown;

@@ -1,8 +1,8 @@
 //! The client's DATA encoder, on any bytes at all: it never sends a bare CR or LF (RFC 5321
 //! §2.3.8), the data ends exactly once, at its end, and the receiving decoder gets back the
-//! message with its line ends normalised.
+//! message with its line ends normalised; given in pieces, it encodes the same.
 #![no_main]
-use kurier_smtp::data::{DataDecoder, Framing, dot_stuff};
+use kurier_smtp::data::{DataDecoder, DotStuffer, Framing, dot_stuff};
 use libfuzzer_sys::fuzz_target;
 
 /// The message with every CR, LF or CRLF made one CRLF, and a final CRLF.
@@ -34,6 +34,15 @@ fuzz_target!(|data: &[u8]| {
         data.to_vec()
     };
     let out = dot_stuff(&input);
+    // In pieces (as a message read from its file is sent), the same octets.
+    let mut pieces = Vec::new();
+    let mut stuffer = DotStuffer::default();
+    let step = usize::from(data.get(1).copied().unwrap_or(1)).max(1);
+    for piece in input.chunks(step) {
+        stuffer.push(piece, &mut pieces);
+    }
+    stuffer.finish(&mut pieces);
+    assert_eq!(pieces, out, "pieces of {step} encode differently");
     for (i, &b) in out.iter().enumerate() {
         if b == b'\r' {
             assert_eq!(out.get(i + 1), Some(&b'\n'), "bare CR sent");

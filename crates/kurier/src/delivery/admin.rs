@@ -100,7 +100,7 @@ impl Engine {
                     );
                 }
                 tracing::info!(queue_id = %id, "bounced by the administrator");
-                self.finish(env, &body);
+                self.finish(env, &kurier_spool::MessageData::in_memory(body));
                 Ok((format!("{id} returned to sender"), false))
             }
             QueueCommand::Flush(_) | QueueCommand::Hold(_) | QueueCommand::Release(_) => {

@@ -4,13 +4,19 @@
 
 use kurier_smtp::{EnhancedCode, ReversePath};
 use kurier_spool::{
-    Delivered, Envelope, Failure, QueueId, RecipientState, RecipientStatus, SpoolError,
+    Delivered, Envelope, Failure, MessageData, QueueId, RecipientState, RecipientStatus, SpoolError,
 };
 
 use super::Engine;
 use super::dsn::{self, DsnAction, DsnRecipient};
 use crate::maillog;
 use crate::time::rfc5322;
+
+/// The largest message a report carries whole; of a larger one, only the header section.
+const RETURNED_WHOLE: u64 = 1024 * 1024;
+
+/// How much of a message is read for its header section.
+const HEADER_READ: usize = 256 * 1024;
 
 impl Engine {
     /// Recipients still pending after the maximum lifetime fail (RFC 5321 §4.5.4.1).
@@ -42,7 +48,7 @@ impl Engine {
 
     /// Reports (DSNs), then records the state: removes a finished message, or writes its
     /// progress and books its next attempt (blocking I/O).
-    pub(super) fn finish(&self, mut env: Envelope, body: &[u8]) {
+    pub(super) fn finish(&self, mut env: Envelope, body: &MessageData) {
         self.report(&mut env, body);
         let id = env.id.clone();
         if env.is_done() {
@@ -72,7 +78,7 @@ impl Engine {
 
     /// Sends the DSN this pass calls for, if any (RFC 3461 §5: failures, delays, and successes
     /// when asked). Never for the null sender: a bounce is never bounced.
-    pub(super) fn report(&self, env: &mut Envelope, body: &[u8]) {
+    pub(super) fn report(&self, env: &mut Envelope, body: &MessageData) {
         let now = self.clock.now();
         let mut blocks = Vec::new();
         let warn_delay = !env.delay_warned
@@ -151,6 +157,18 @@ impl Engine {
         let id = QueueId::generate();
         let message_id = format!("{id}@{}", self.config.hostname);
         let date = rfc5322(now);
+        // RFC 3461 §4.3: the whole message when asked for (RET=FULL, or nothing said) and
+        // not too large to send back; otherwise its header section.
+        let whole = env.ret != Some(kurier_smtp::Ret::Hdrs) && body.len() <= RETURNED_WHOLE;
+        let original = if whole {
+            body.to_vec()
+        } else {
+            body.read_at(0, HEADER_READ)
+        };
+        let original = original.unwrap_or_else(|e| {
+            tracing::error!(queue_id = %env.id, error = %e, "cannot read the message for its report");
+            Vec::new()
+        });
         let report = dsn::build(&dsn::DsnInput {
             reporting_mta: &self.config.hostname,
             to,
@@ -159,8 +177,8 @@ impl Engine {
             date: &date,
             message_id: &message_id,
             recipients: &blocks,
-            original: body,
-            headers_only: env.ret == Some(kurier_smtp::Ret::Hdrs),
+            original: &original,
+            headers_only: !whole,
             utf8: env.smtputf8,
         });
         let signature = self.signers.sign(&self.config.hostname, &report);

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use kurier_smtp::EnhancedCode;
-use kurier_spool::{Delivered, Envelope, Failure};
+use kurier_spool::{Delivered, Envelope, Failure, MessageData};
 
 use super::scheduler::next_attempt;
 use super::{Engine, maildir};
@@ -15,7 +15,7 @@ use crate::maillog;
 impl Engine {
     /// Local recipients into their Maildir (blocking I/O). Also used before the 250 for
     /// all-local messages, which then never touch the spool.
-    pub fn deliver_local(&self, env: &mut Envelope, body: &[u8], now: u64) {
+    pub fn deliver_local(&self, env: &mut Envelope, body: &MessageData, now: u64) {
         let sender = env.sender.to_string();
         let id = env.id.clone();
         // Several recipient addresses can lead to one mailbox (aliases): one copy each.
@@ -94,7 +94,7 @@ impl Engine {
         target: &kurier_smtp::Mailbox,
         junk: bool,
         headers: &str,
-        body: &[u8],
+        body: &MessageData,
     ) -> Result<std::path::PathBuf, String> {
         let maildir = self.directory.maildir(target).map_err(|e| e.to_string())?;
         let folder = if junk {

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kurier_spool::MessageData;
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, open, openat, renameat};
 use nix::sys::stat::{Mode, mkdirat};
@@ -40,7 +41,7 @@ static TMPFILE_WORKS: AtomicBool = AtomicBool::new(true);
 pub trait LocalDelivery: Send + Sync {
     /// Writes one copy with `headers` in front into the Maildir `folder` (created if
     /// missing), durably; returns the file's path.
-    fn write(&self, folder: &Path, headers: &str, message: &[u8]) -> io::Result<PathBuf>;
+    fn write(&self, folder: &Path, headers: &str, message: &MessageData) -> io::Result<PathBuf>;
 }
 
 /// The Maildirs on disk, with file names unique to this host.
@@ -50,7 +51,7 @@ pub struct Maildirs {
 }
 
 impl LocalDelivery for Maildirs {
-    fn write(&self, folder: &Path, headers: &str, message: &[u8]) -> io::Result<PathBuf> {
+    fn write(&self, folder: &Path, headers: &str, message: &MessageData) -> io::Result<PathBuf> {
         deliver(folder, &self.hostname, headers, message)
     }
 }
@@ -177,10 +178,15 @@ fn unique_name(host: &str) -> String {
 
 /// Delivers `headers` followed by `message` (CRLF line ends) into the Maildir at `dir`.
 /// Returns the path of the new file.
-pub fn deliver(dir: &Path, host: &str, headers: &str, message: &[u8]) -> io::Result<PathBuf> {
+pub fn deliver(
+    dir: &Path,
+    host: &str,
+    headers: &str,
+    message: &MessageData,
+) -> io::Result<PathBuf> {
     let folder = open_folder(dir)?;
     let content = Content { headers, message };
-    let name = format!("{},S={}", unique_name(host), content.len());
+    let name = format!("{},S={}", unique_name(host), content.len()?);
     let path = dir.join("new").join(&name);
     if TMPFILE_WORKS.load(Ordering::Relaxed) {
         match write_unnamed(&folder.new, &name, &content) {
@@ -246,40 +252,106 @@ fn write_through_tmp(folder: &Folder, name: &str, content: &Content<'_>) -> io::
 }
 
 /// What goes into a Maildir file: our header fields, then the message with LF line ends,
-/// converted while it is written, so a large message is not copied in memory.
+/// converted while it is read in chunks and written, so a large message is never whole in
+/// memory.
 struct Content<'a> {
     headers: &'a str,
-    message: &'a [u8],
+    message: &'a MessageData,
 }
 
 impl Content<'_> {
-    /// The file's size.
-    fn len(&self) -> usize {
-        let crlfs = self.message.windows(2).filter(|w| w == b"\r\n").count();
-        self.headers.len() + self.message.len() - crlfs
+    /// The file's size (a first pass over the message, for the `S=` of its name).
+    fn len(&self) -> io::Result<u64> {
+        let mut lf = CrlfToLf::default();
+        let mut size = 0u64;
+        self.message
+            .for_each_chunk(0, |c| size += lf.converted_len(c))?;
+        Ok(self.headers.len() as u64 + size + lf.finish_len())
     }
 
     fn write_to(&self, f: &mut File) -> io::Result<()> {
         let mut w = io::BufWriter::with_capacity(64 * 1024, f);
         w.write_all(self.headers.as_bytes())?;
-        crlf_to_lf(self.message, &mut w)?;
+        let mut lf = CrlfToLf::default();
+        let mut failed = None;
+        self.message.for_each_chunk(0, |c| {
+            if failed.is_none()
+                && let Err(e) = lf.convert(c, &mut w)
+            {
+                failed = Some(e);
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        lf.finish(&mut w)?;
         w.flush()
     }
 }
 
-fn crlf_to_lf(input: &[u8], out: &mut impl Write) -> io::Result<()> {
-    let mut start = 0;
-    let mut i = 0;
-    while i + 1 < input.len() {
-        if input[i] == b'\r' && input[i + 1] == b'\n' {
-            out.write_all(&input[start..i])?;
-            start = i + 1;
-            i += 2;
-        } else {
-            i += 1;
+/// CRLF to LF across chunk borders: a CR at the end of a chunk waits for the next one.
+#[derive(Debug, Default)]
+struct CrlfToLf {
+    pending_cr: bool,
+}
+
+impl CrlfToLf {
+    fn convert(&mut self, input: &[u8], out: &mut impl Write) -> io::Result<()> {
+        if input.is_empty() {
+            return Ok(());
         }
+        let mut input = input;
+        if std::mem::take(&mut self.pending_cr) && input.first() != Some(&b'\n') {
+            out.write_all(b"\r")?;
+        }
+        if input.last() == Some(&b'\r') {
+            self.pending_cr = true;
+            input = &input[..input.len() - 1];
+        }
+        let mut start = 0;
+        let mut i = 0;
+        while i + 1 < input.len() {
+            if input[i] == b'\r' && input[i + 1] == b'\n' {
+                out.write_all(&input[start..i])?;
+                start = i + 1;
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+        out.write_all(&input[start..])
     }
-    out.write_all(&input[start..])
+
+    /// What [`CrlfToLf::convert`] would write for `input`.
+    fn converted_len(&mut self, input: &[u8]) -> u64 {
+        let mut counter = Counter(0);
+        let _ = self.convert(input, &mut counter);
+        counter.0
+    }
+
+    fn finish(self, out: &mut impl Write) -> io::Result<()> {
+        if self.pending_cr {
+            out.write_all(b"\r")?;
+        }
+        Ok(())
+    }
+
+    fn finish_len(self) -> u64 {
+        u64::from(self.pending_cr)
+    }
+}
+
+/// Counts what is written to it.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -287,13 +359,17 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn msg(bytes: &[u8]) -> MessageData {
+        MessageData::in_memory(bytes.to_vec())
+    }
+
     #[test]
     fn without_o_tmpfile_the_message_goes_through_tmp_and_tmp_is_left_empty() {
         let dir = tempfile::tempdir().unwrap();
         let md = dir.path().join("bob");
         // Other tests may run meanwhile; they only take the same fallback path.
         TMPFILE_WORKS.store(false, Ordering::Relaxed);
-        let p = deliver(&md, "mx.test", "", b"Subject: x\r\n\r\nbody\r\n");
+        let p = deliver(&md, "mx.test", "", &msg(b"Subject: x\r\n\r\nbody\r\n"));
         TMPFILE_WORKS.store(true, Ordering::Relaxed);
         let p = p.unwrap();
         assert!(p.starts_with(md.join("new")));
@@ -309,7 +385,7 @@ mod tests {
             &md,
             "mx.test",
             "Return-Path: <a@x.test>\n",
-            b"Subject: hi\r\n\r\nbody\r\n",
+            &msg(b"Subject: hi\r\n\r\nbody\r\n"),
         )
         .unwrap();
         assert!(p.starts_with(md.join("new")));
@@ -326,7 +402,7 @@ mod tests {
         );
         let name = p.file_name().unwrap().to_string_lossy().to_string();
         assert!(name.ends_with(",S=42"), "{name}");
-        let p2 = deliver(&md, "mx.test", "", b"x\r\n").unwrap();
+        let p2 = deliver(&md, "mx.test", "", &msg(b"x\r\n")).unwrap();
         assert_ne!(p, p2);
     }
 
@@ -335,7 +411,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let md = dir.path().join("mail/example.test/carol");
-        deliver(&md, "mx.test", "", b"x\r\n").unwrap();
+        deliver(&md, "mx.test", "", &msg(b"x\r\n")).unwrap();
         for d in [md.clone(), md.join("tmp"), md.join("new"), md.join("cur")] {
             let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", d.display());
@@ -353,12 +429,15 @@ mod tests {
             let md = dir.path().join(format!("box-{planted}"));
             fs::create_dir(&md).unwrap();
             std::os::unix::fs::symlink(&elsewhere, md.join(planted)).unwrap();
-            assert!(deliver(&md, "mx.test", "", b"x\r\n").is_err(), "{planted}");
+            assert!(
+                deliver(&md, "mx.test", "", &msg(b"x\r\n")).is_err(),
+                "{planted}"
+            );
         }
         let linked = dir.path().join("linked-box");
         std::os::unix::fs::symlink(&elsewhere, &linked).unwrap();
-        assert!(deliver(&linked, "mx.test", "", b"x\r\n").is_err());
-        assert!(deliver(&linked.join(".Junk"), "mx.test", "", b"x\r\n").is_err());
+        assert!(deliver(&linked, "mx.test", "", &msg(b"x\r\n")).is_err());
+        assert!(deliver(&linked.join(".Junk"), "mx.test", "", &msg(b"x\r\n")).is_err());
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
@@ -374,7 +453,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim, md.join(".Junk/maildirfolder")).unwrap();
         let junk = junk_folder(&md);
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
-        deliver(&junk, "mx.test", "", b"x\r\n").unwrap();
+        deliver(&junk, "mx.test", "", &msg(b"x\r\n")).unwrap();
         let fresh = dir.path().join("erin");
         let junk = junk_folder(&fresh);
         assert!(junk.join("maildirfolder").is_file());
@@ -384,7 +463,7 @@ mod tests {
         let frank = dir.path().join("frank");
         fs::create_dir(&frank).unwrap();
         std::os::unix::fs::symlink(&elsewhere, frank.join(".Junk")).unwrap();
-        assert!(deliver(&junk_folder(&frank), "mx.test", "", b"x\r\n").is_err());
+        assert!(deliver(&junk_folder(&frank), "mx.test", "", &msg(b"x\r\n")).is_err());
         assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 
@@ -394,9 +473,43 @@ mod tests {
     }
 
     #[test]
-    fn crlf_conversion() {
-        let mut out = Vec::new();
-        crlf_to_lf(b"a\r\nb\r\n\r\n", &mut out).unwrap();
-        assert_eq!(out, b"a\nb\n\n");
+    fn crlf_conversion_across_chunk_borders() {
+        let input = b"a\r\nb\r\n\r\nc\rd\r";
+        for cut in 0..=input.len() {
+            let mut out = Vec::new();
+            let mut lf = CrlfToLf::default();
+            let mut len = CrlfToLf::default();
+            lf.convert(&input[..cut], &mut out).unwrap();
+            lf.convert(&input[cut..], &mut out).unwrap();
+            let size = len.converted_len(&input[..cut]) + len.converted_len(&input[cut..]);
+            assert_eq!(size + len.finish_len(), 9, "cut at {cut}");
+            lf.finish(&mut out).unwrap();
+            assert_eq!(out, b"a\nb\n\nc\rd\r", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_message_from_a_file_is_written_with_its_size_in_the_name() {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        let body = "line\r\n".repeat(100_000);
+        file.write_all(format!("queue file head\n{body}").as_bytes())
+            .unwrap();
+        let data = MessageData::in_file(file, 16, body.len() as u64);
+        let p = deliver(
+            &dir.path().join("m"),
+            "mx.test",
+            "Return-Path: <a@b>\n",
+            &data,
+        )
+        .unwrap();
+        let written = fs::read(&p).unwrap();
+        assert_eq!(written.len(), 19 + 500_000);
+        assert!(p.to_string_lossy().ends_with(",S=500019"));
+        assert_eq!(
+            written,
+            format!("Return-Path: <a@b>\n{}", "line\n".repeat(100_000)).into_bytes()
+        );
     }
 }

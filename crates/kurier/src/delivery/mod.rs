@@ -3,15 +3,17 @@
 //! maximum lifetime, and reports back to the sender with DSNs (RFC 3464).
 //!
 //! Accepted messages arrive as [`Job`]s (envelope and, up to [`CARRIED_BODY`], bytes, so
-//! nothing is read back from disk on the hot path); messages found in the spool at startup and retries are loaded from
-//! the spool. Each recipient's outcome is recorded in the spool before the message leaves it,
+//! nothing is read back from disk on the hot path); messages found in the spool at startup,
+//! retries and large messages are read from their queue files, in chunks as they are
+//! delivered (never whole in memory). Each recipient's outcome is recorded in the spool before the message leaves it,
 //! so a crash at any point repeats a delivery at worst, never loses one. A per-message lock
 //! keeps deliveries and admin commands (`kurier queue …`) from touching a message at once.
 
 //!
 //! - [`scheduler`]: when each message is due, the retry schedule, the per-message locks.
 //! - [`local`]: local recipients into their Maildirs ([`maildir`]), with aliases and Junk.
-//! - [`remote`]: remote recipients over SMTP ([`smtp`]), one transaction per domain.
+//! - [`remote`]: remote recipients over SMTP ([`smtp`]), one transaction per domain; what
+//!   each attempt did per recipient ([`outcome`]).
 //! - [`bounce`]: expiry and the DSNs of RFC 3464 ([`dsn`]).
 //! - [`admin`]: the queue commands of `kurier queue`, under the per-message lock.
 //!
@@ -23,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kurier_spool::{Envelope, QueueId, SpoolError, Store};
+use kurier_spool::{Envelope, MessageData, QueueId, SpoolError, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,6 +40,7 @@ pub mod bounce;
 pub mod dsn;
 pub mod local;
 pub mod maildir;
+pub mod outcome;
 pub mod remote;
 pub mod scheduler;
 pub mod smtp;
@@ -90,7 +93,7 @@ impl DeliveryHandle {
         let now = engine.clock.now();
         tokio::task::spawn_blocking(move || {
             let mut env = envelope;
-            engine.deliver_local(&mut env, &body, now);
+            engine.deliver_local(&mut env, &MessageData::shared(body), now);
             env
         })
         .await
@@ -275,9 +278,13 @@ impl Engine {
         // Always work on the spool's current state (a queue command may have changed it).
         let engine = self.clone();
         let fresh_body = job.body;
+        // A large message is read from its queue file in chunks as it is delivered.
         let loaded = tokio::task::spawn_blocking(move || match fresh_body {
-            Some(b) => engine.spool.envelope(&id).map(|e| (e, b)),
-            None => engine.spool.load(&id).map(|(e, b)| (e, Arc::new(b))),
+            Some(b) => engine
+                .spool
+                .envelope(&id)
+                .map(|e| (e, MessageData::shared(b))),
+            None => engine.spool.message(&id),
         })
         .await;
         let (mut env, body) = match loaded {

@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 
 use kurier_smtp::client::{OutboundRecipient, OutboundTransaction};
-use kurier_spool::{Delivered, Envelope};
+use kurier_spool::{Delivered, Envelope, MessageData};
 
 use super::Engine;
+use super::outcome::RemoteOutcome;
 use super::scheduler::next_attempt;
-use super::smtp::RemoteOutcome;
 use crate::maillog;
 
 impl Engine {
     /// Remote recipients over SMTP, one transaction per destination domain.
-    pub(super) async fn deliver_remote(&self, env: &mut Envelope, body: &[u8], now: u64) {
+    pub(super) async fn deliver_remote(&self, env: &mut Envelope, body: &MessageData, now: u64) {
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.is_pending() && !r.local && r.next_attempt <= now {
@@ -25,6 +25,9 @@ impl Engine {
             }
         }
         let schedule = self.config.delivery.retry.clone();
+        // Clients may send 8-bit data without saying so (BODY=8BITMIME): look. A body that
+        // cannot be read counts as 8-bit; sending it fails the same way.
+        let eight_bit = env.eight_bit || !groups.is_empty() && !is_ascii(body);
         for (domain, indexes) in groups {
             let recipients: Vec<OutboundRecipient> = indexes
                 .iter()
@@ -43,8 +46,8 @@ impl Engine {
             let tx = OutboundTransaction {
                 from: env.sender.clone(),
                 recipients,
-                size: body.len() as u64,
-                eight_bit: env.eight_bit || !body.is_ascii(),
+                size: body.len(),
+                eight_bit,
                 smtputf8,
                 ret: env.ret,
                 envid: env.envid.clone(),
@@ -86,4 +89,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// True when every octet of the message is ASCII.
+fn is_ascii(body: &MessageData) -> bool {
+    let mut ascii = true;
+    let read = body.for_each_chunk(0, |c| ascii &= c.is_ascii());
+    read.is_ok() && ascii
 }

@@ -16,20 +16,21 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kurier_smtp::EnhancedCode;
 use kurier_smtp::client::{
-    ClientAction, ClientConfig, ClientSession, Credentials, OutboundTransaction, RcptOutcome,
-    SessionError, Stage, TlsPolicy, TransactionResult,
+    ClientAction, ClientConfig, ClientSession, Credentials, OutboundTransaction, SessionError,
+    Stage, TlsPolicy, TransactionResult,
 };
-use kurier_smtp::data::dot_stuff;
-use kurier_smtp::{EnhancedCode, Reply};
-use kurier_spool::{DiagnosticType, Failure, RemoteHost};
+use kurier_smtp::data::DotStuffer;
+use kurier_spool::{Failure, MessageData, RemoteHost};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::{TlsConnector, TlsStream};
 
+use super::outcome::{RemoteOutcome, outcomes};
 use crate::config::{Config, TlsMode};
-use crate::dns::{Lookup, RouteError};
+use crate::dns::Lookup;
 use crate::maillog;
 use crate::stream::Conn;
 use crate::tls::client::{opportunistic, verifying};
@@ -39,88 +40,6 @@ const IDLE_REUSE: Duration = Duration::from_secs(10);
 
 /// How long a polite close (QUIT, its reply, TLS close_notify) may take.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What happened to one recipient in one attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RemoteOutcome {
-    /// The next hop accepted the message for this recipient.
-    Delivered {
-        /// The server.
-        host: RemoteHost,
-        /// Its final reply.
-        reply: String,
-        /// It offered DSN (if not, the message is "relayed": no more reports will come).
-        dsn: bool,
-    },
-    /// Not delivered.
-    Failed {
-        /// True for permanent failures (bounce now), false for temporary ones (retry).
-        permanent: bool,
-        /// Why.
-        failure: Failure,
-    },
-}
-
-impl RemoteOutcome {
-    fn from_route_error(e: &RouteError) -> RemoteOutcome {
-        RemoteOutcome::Failed {
-            permanent: e.is_permanent(),
-            failure: Failure::local(e.status(), e.to_string()),
-        }
-    }
-
-    fn from_reply(reply: &Reply, host: &RemoteHost) -> RemoteOutcome {
-        let status = reply
-            .enhanced
-            .unwrap_or(EnhancedCode((reply.code / 100) as u8, 0, 0));
-        RemoteOutcome::Failed {
-            permanent: reply.is_permanent(),
-            failure: Failure {
-                status,
-                kind: DiagnosticType::Smtp,
-                text: reply.to_string(),
-                remote: Some(host.clone()),
-            },
-        }
-    }
-
-    fn from_session_error(e: &SessionError, host: &RemoteHost) -> RemoteOutcome {
-        let failure = match &e.reply {
-            Some(reply) if e.is_permanent() => return RemoteOutcome::from_reply(reply, host),
-            Some(reply) => Failure {
-                status: reply
-                    .enhanced
-                    .filter(|c| !c.is_permanent())
-                    .unwrap_or(EnhancedCode(4, 0, 0)),
-                kind: DiagnosticType::Smtp,
-                text: format!("{reply} (in reply to {})", e.stage.command()),
-                remote: Some(host.clone()),
-            },
-            None => Failure {
-                remote: Some(host.clone()),
-                ..Failure::local(
-                    if e.stage == Stage::StartTls {
-                        EnhancedCode(4, 7, 0)
-                    } else {
-                        EnhancedCode(4, 4, 2)
-                    },
-                    e.message.clone(),
-                )
-            },
-        };
-        RemoteOutcome::Failed {
-            permanent: false,
-            failure,
-        }
-    }
-
-    fn temporary(status: EnhancedCode, message: String) -> RemoteOutcome {
-        RemoteOutcome::Failed {
-            permanent: false,
-            failure: Failure::local(status, message),
-        }
-    }
-}
 
 /// How to reach the next hop for a domain.
 struct Route {
@@ -229,7 +148,7 @@ impl Outbound {
         &self,
         domain: &str,
         tx: &OutboundTransaction,
-        body: &[u8],
+        body: &MessageData,
     ) -> Vec<RemoteOutcome> {
         let n = tx.recipients.len();
         let all = |o: RemoteOutcome| vec![o; n];
@@ -450,7 +369,7 @@ impl Outbound {
         conn: Conn,
         mut session: ClientSession,
         tx: &OutboundTransaction,
-        body: &[u8],
+        body: &MessageData,
         host: &str,
         route: &Route,
     ) -> Result<(TransactionResult, bool, Option<(Conn, ClientSession)>), SessionError> {
@@ -473,7 +392,7 @@ impl Outbound {
         &self,
         mut conn: Conn,
         mut session: ClientSession,
-        body: Option<&[u8]>,
+        body: Option<&MessageData>,
         host: &str,
         route: &Route,
     ) -> (
@@ -492,8 +411,7 @@ impl Outbound {
                         }
                     }
                     ClientAction::SendBody => {
-                        let data = dot_stuff(body.unwrap_or_default());
-                        if let Err(e) = conn.write_all(&data).await {
+                        if let Err(e) = send_body(&mut conn, body).await {
                             session.connection_lost(&e.to_string());
                         }
                     }
@@ -529,6 +447,30 @@ impl Outbound {
     }
 }
 
+/// What goes to the server in one write of the message data.
+const SEND_PIECE: usize = 64 * 1024;
+
+/// The message, dot-stuffed piece by piece as it is read (from its queue file, for a large
+/// one), so that sending it never needs it whole in memory. The file is read with blocking
+/// positioned reads of one piece: a queue file just written is in the page cache.
+async fn send_body(conn: &mut Conn, body: Option<&MessageData>) -> std::io::Result<()> {
+    let mut stuffer = DotStuffer::default();
+    let mut out = Vec::with_capacity(SEND_PIECE + 1024);
+    let mut pos = 0u64;
+    while let Some(data) = body
+        && pos < data.len()
+    {
+        let piece = data.read_at(pos, SEND_PIECE)?;
+        pos += piece.len() as u64;
+        out.clear();
+        stuffer.push(&piece, &mut out);
+        conn.write_all(&out).await?;
+    }
+    out.clear();
+    stuffer.finish(&mut out);
+    conn.write_all(&out).await
+}
+
 /// QUIT, its reply, then the TLS close_notify and the TCP FIN (RFC 5321 §4.1.1.10; a
 /// connection dropped without them is logged as an error by the other side), bounded by
 /// [`QUIT_TIMEOUT`].
@@ -545,22 +487,6 @@ async fn close_politely(mut conn: Conn, mut session: ClientSession) {
         conn.shutdown().await;
     })
     .await;
-}
-
-/// Outcomes per recipient from a transaction result.
-fn outcomes(result: TransactionResult, mta: &RemoteHost, dsn: bool) -> Vec<RemoteOutcome> {
-    result
-        .rcpts
-        .into_iter()
-        .map(|o| match o {
-            RcptOutcome::Accepted(reply) => RemoteOutcome::Delivered {
-                host: mta.clone(),
-                reply: reply.to_string(),
-                dsn,
-            },
-            RcptOutcome::Rejected(reply, _) => RemoteOutcome::from_reply(&reply, mta),
-        })
-        .collect()
 }
 
 /// Runs the TLS handshake as a client on a plain connection.

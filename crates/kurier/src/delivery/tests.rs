@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use kurier_smtp::{EnhancedCode, Mailbox, Notify, ReversePath};
 use kurier_spool::{
-    AttemptResult, Delivered, DiagnosticType, Envelope, MemoryStore, QueueId, RecipientState,
-    RecipientStatus, Store,
+    AttemptResult, Delivered, DiagnosticType, Envelope, MemoryStore, MessageData, QueueId,
+    RecipientState, RecipientStatus, Store,
 };
 
 use super::maildir::{LocalDelivery, Maildirs};
@@ -36,7 +36,7 @@ struct Rig {
 struct FullDisk;
 
 impl LocalDelivery for FullDisk {
-    fn write(&self, _: &Path, _: &str, _: &[u8]) -> std::io::Result<PathBuf> {
+    fn write(&self, _: &Path, _: &str, _: &MessageData) -> std::io::Result<PathBuf> {
         Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
     }
 }
@@ -97,6 +97,16 @@ fn rig() -> Rig {
 impl Rig {
     /// Queues a message from `sender` (empty: `<>`) to `rcpts`, each with its NOTIFY.
     fn queue(&self, sender: &str, rcpts: &[(&str, Option<Notify>)]) -> QueueId {
+        self.queue_message(sender, rcpts, BODY)
+    }
+
+    /// [`Rig::queue`] with the message's bytes.
+    fn queue_message(
+        &self,
+        sender: &str,
+        rcpts: &[(&str, Option<Notify>)],
+        body: &[u8],
+    ) -> QueueId {
         let recipients = rcpts
             .iter()
             .map(|(a, notify)| {
@@ -117,9 +127,9 @@ impl Rig {
             self.clock.now(),
             sender,
             recipients,
-            BODY.len() as u64,
+            body.len() as u64,
         );
-        self.store.commit(&env, BODY).unwrap();
+        self.store.commit(&env, body).unwrap();
         env.id
     }
 
@@ -349,6 +359,22 @@ async fn reports_follow_notify_and_never_go_to_the_null_sender() {
             "Diagnostic-Code: x-kurier; <nobody@kurier.test>: mailbox no longer exists\r\n"
         )
     );
+}
+
+/// A report carries the whole message only up to 1 MiB; of a larger one, its header section.
+#[tokio::test]
+async fn a_large_message_comes_back_as_its_header_section() {
+    let rig = rig();
+    let mut large = b"Subject: a large one\r\n\r\n".to_vec();
+    large.extend_from_slice(&b"body of the large message\r\n".repeat(50_000));
+    let id = rig.queue_message("alice@src.test", &[("nobody@kurier.test", None)], &large);
+    rig.pass(&id).await;
+    let reports = rig.reports();
+    let (_, text) = &reports[0];
+    assert!(text.contains("text/rfc822-headers"), "{text}");
+    assert!(text.contains("Subject: a large one"));
+    assert!(!text.contains("body of the large message"));
+    assert!(text.len() < 10_000);
 }
 
 #[tokio::test]

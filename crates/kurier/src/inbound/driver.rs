@@ -22,11 +22,11 @@ use super::read_clock::ReadClock;
 use super::spill::{self, Spill};
 use crate::load::{Reservation, STRESS_TIMEOUT};
 use crate::maillog;
-use crate::message_data::MessageData;
 use crate::policy::{Client, Transaction};
 use crate::shutdown::Shutdown;
 use crate::stream::Conn;
 use crate::tls;
+use kurier_spool::MessageData;
 
 /// Read buffer sizes: small while a session waits for commands (idle sessions are the many),
 /// larger once a read fills it (message data), back to small between messages.

@@ -10,11 +10,11 @@ use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, SpoolErro
 use super::{Inbound, spill};
 use crate::header::{fields, header_section};
 use crate::maillog;
-use crate::message_data::MessageData;
 use crate::policy::header_fields;
 use crate::policy::sender_auth::strip_forged;
 use crate::policy::{Client, Transaction};
 use crate::time::rfc5322;
+use kurier_spool::MessageData;
 
 /// Builds the envelope, prepends our header fields, writes the message durably, and only
 /// then returns the queue id for the 250 reply. Failures become 451/452 (the client
@@ -29,9 +29,9 @@ pub async fn commit(
     data: MessageData,
 ) -> Result<String, Reply> {
     spill::header_fits(&data)?;
-    header_fields::check(&data.head, inbound.config.limits.hops)?;
+    header_fields::check(data.head(), inbound.config.limits.hops)?;
     if let Some(user) = &message.auth_user {
-        inbound.policy.check_from_header(user, &data.head)?;
+        inbound.policy.check_from_header(user, data.head())?;
     }
     let id = QueueId::generate();
     let now = crate::time::unix_now();
@@ -39,9 +39,9 @@ pub async fn commit(
     // The header section is worked on in place: forged results of ours are cut out, and
     // our header fields go in front when the message is written (no copy of it).
     let mut data = data;
-    strip_forged(&mut data.head, &inbound.config.hostname);
+    strip_forged(data.head_mut(), &inbound.config.hostname);
     if message.auth_user.is_some() {
-        add_missing_date_and_id(&mut data.head, &id, now, &inbound.config.hostname);
+        add_missing_date_and_id(data.head_mut(), &id, now, &inbound.config.hostname);
     }
     let (prefix, junk) = headers(
         inbound,
@@ -166,7 +166,7 @@ async fn headers(
         junk = checked.junk;
     }
     if message.auth_user.is_some() {
-        let domain = header_fields::from_domain(&received.head)
+        let domain = header_fields::from_domain(received.head())
             .or_else(|| message.from.mailbox().map(|m| m.domain().to_string()));
         if let Some(domain) = domain {
             let local = kurier_smtp::Domain::parse(&domain)
@@ -241,7 +241,7 @@ async fn make_durable(
 ) -> Result<(Envelope, &'static str), Reply> {
     let mut envelope = envelope;
     let (body, on_disk) = if data.as_memory().is_some() {
-        let mut whole = data.head;
+        let mut whole = data.into_head();
         whole.splice(0..0, prefix.into_bytes());
         (Some(std::sync::Arc::new(whole)), None)
     } else {
@@ -276,7 +276,7 @@ async fn make_durable(
         }
         (None, Some((prefix, data))) => {
             tokio::task::spawn_blocking(move || {
-                let parts = [prefix.as_bytes(), data.head.as_slice()];
+                let parts = [prefix.as_bytes(), data.head()];
                 spool.commit_with_rest(&env, &parts, data.rest())
             })
             .await

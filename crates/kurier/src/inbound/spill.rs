@@ -14,7 +14,7 @@ use kurier_spool::{Spool, SpoolError};
 
 use crate::header::{body_start, has_header_end};
 use crate::load::SMALL;
-use crate::message_data::MessageData;
+use kurier_spool::MessageData;
 
 /// The start of a message that stays in memory; a header section must end within it.
 pub const KEEP: usize = SMALL as usize;
@@ -147,8 +147,8 @@ impl Spill {
 /// message kept in memory, where every header check reads it: refused otherwise (Postfix
 /// keeps 100 kB of it, and treats the rest as body).
 pub fn header_fits(data: &MessageData) -> Result<(), Reply> {
-    let spilled_header = data.rest().is_some() && !has_header_end(&data.head);
-    if spilled_header || body_start(&data.head) > KEEP + 2 {
+    let spilled_header = data.rest().is_some() && !has_header_end(data.head());
+    if spilled_header || body_start(data.head()) > KEEP + 2 {
         return Err(Reply::new(
             552,
             codes::TOO_BIG,

@@ -7,7 +7,7 @@ use mail_auth::common::crypto::{HashAlgorithm, HashContext, HashImpl, Sha1, Sha2
 use mail_auth::dkim::Canonicalization;
 use mail_auth::dkim::canonicalize::BodyHasher;
 
-use crate::message_data::MessageData;
+use kurier_spool::MessageData;
 
 /// One body hash a signature asks for, as mail-auth lists them: canonicalization, hash
 /// algorithm, length limit (`l=`, 0 for the whole body) and the hash, filled in here.

@@ -24,8 +24,8 @@ use crate::config::Config;
 use crate::directory::{Directory, Resolution};
 use crate::dns::MxResolver;
 use crate::maillog;
-use crate::message_data::MessageData;
 use crate::time::Clock;
+use kurier_spool::MessageData;
 
 pub mod body_hash;
 pub mod dkim_budget;

@@ -20,7 +20,7 @@ use mail_auth::{
 use crate::config::SenderPolicy;
 use crate::dns::MxResolver;
 use crate::header::{body_start, header_section, parse_field, raw_fields};
-use crate::message_data::MessageData;
+use kurier_spool::MessageData;
 
 use super::body_hash;
 
@@ -152,8 +152,8 @@ async fn evaluate_now(
     let spf_fail = (spf.result() == SpfResult::Fail).then(|| spf_domain.clone());
     // The header section alone is parsed; the body hashes its signatures ask for are
     // computed over the body in chunks (it may be on disk).
-    let body_start = body_start(&data.head);
-    let header = &data.head[..body_start];
+    let body_start = body_start(data.head());
+    let header = &data.head()[..body_start];
     let limited = super::dkim_budget::limited(header);
     let header = limited.as_deref().unwrap_or(header);
     let Some(mut message) = AuthenticatedMessage::parse(header) else {
