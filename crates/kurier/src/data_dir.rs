@@ -129,6 +129,11 @@ impl DataDir {
     pub fn greylist(&self) -> PathBuf {
         self.0.join("greylist.json")
     }
+
+    /// The destinations the running server found dead, for `kurier queue list`.
+    pub fn dead_destinations(&self) -> PathBuf {
+        self.0.join("dead-destinations.json")
+    }
 }
 
 /// One path component made from an address: it may not climb out of its directory or hide

@@ -178,6 +178,16 @@ pub fn list(data_dir: &DataDir) -> Result<String, QueueError> {
         }
     }
     out.push_str(&format!("{} message(s) in the queue\n", ids.len()));
+    // What the running server found dead: its mail waits without being tried.
+    for d in crate::delivery::destination::published(&data_dir.dead_destinations(), now) {
+        out.push_str(&printable(&format!(
+            "destination {} not answering ({} failures, last: {}); next try in {} s\n",
+            d.name,
+            d.failures,
+            d.reason,
+            d.until.saturating_sub(now)
+        )));
+    }
     Ok(out)
 }
 

@@ -37,6 +37,7 @@ use crate::time::Clock;
 
 pub mod admin;
 pub mod bounce;
+pub mod destination;
 pub mod dsn;
 pub mod local;
 pub mod maildir;
@@ -140,6 +141,8 @@ pub struct Setup {
     pub signers: Arc<crate::dkim::Signers>,
     /// Messages found in the spool at startup.
     pub recovered: Vec<Envelope>,
+    /// Where the dead destinations are shown to `kurier queue list`.
+    pub dead_destinations: std::path::PathBuf,
 }
 
 /// The engine's shared state.
@@ -154,6 +157,7 @@ pub struct Engine {
     retries: Mutex<BTreeMap<u64, Vec<QueueId>>>,
     locks: Mutex<HashMap<QueueId, Arc<tokio::sync::Mutex<()>>>>,
     enabled: bool,
+    dead_destinations: std::path::PathBuf,
 }
 
 /// Starts the workers and the retry timer, and queues what recovery found. With
@@ -204,12 +208,25 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
     let (timer_engine, timer_tx) = (engine.clone(), tx.clone());
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // What `kurier queue list` shows of the destinations found dead, kept up to date.
+        let dead_file = timer_engine.dead_destinations.clone();
+        destination::publish(&dead_file, &[]);
+        let mut shown: Vec<(String, u32)> = Vec::new();
         'timer: loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => break,
             }
             timer_engine.outbound.sweep();
+            let dead = timer_engine.outbound.dead_destinations();
+            let now_shown: Vec<(String, u32)> =
+                dead.iter().map(|d| (d.name.clone(), d.failures)).collect();
+            if now_shown != shown {
+                shown = now_shown;
+                let file = dead_file.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || destination::publish(&file, &dead)).await;
+            }
             for id in timer_engine.due(timer_engine.clock.now()) {
                 let e = timer_engine.clone();
                 let loaded = tokio::task::spawn_blocking(move || e.spool.envelope(&id)).await;
@@ -228,6 +245,7 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
         }
         // Stopping: pooled connections get their QUIT and close_notify.
         timer_engine.outbound.close_all().await;
+        destination::publish(&dead_file, &[]);
     });
     DeliveryHandle {
         jobs: Some(tx),
@@ -248,6 +266,7 @@ impl Engine {
             outbound,
             signers,
             recovered,
+            dead_destinations,
         } = setup;
         let engine = Engine {
             spool,
@@ -260,6 +279,7 @@ impl Engine {
             signers,
             retries: Mutex::new(BTreeMap::new()),
             locks: Mutex::new(HashMap::new()),
+            dead_destinations,
         };
         (engine, recovered)
     }

@@ -11,6 +11,9 @@ use super::outcome::RemoteOutcome;
 use super::scheduler::next_attempt;
 use crate::maillog;
 
+/// How long recipients wait when their destination had no free connection (seconds).
+const BUSY_RETRY: u64 = 5;
+
 impl Engine {
     /// Remote recipients over SMTP, one transaction per destination domain.
     pub(super) async fn deliver_remote(&self, env: &mut Envelope, body: &MessageData, now: u64) {
@@ -56,8 +59,13 @@ impl Engine {
             let done = self.clock.now();
             for (&i, outcome) in indexes.iter().zip(results) {
                 let r = &mut env.recipients[i];
+                if outcome == RemoteOutcome::Busy {
+                    r.next_attempt = done + BUSY_RETRY;
+                    continue;
+                }
                 r.attempts += 1;
                 match outcome {
+                    RemoteOutcome::Busy => {}
                     RemoteOutcome::Delivered { host, reply, dsn } => {
                         maillog::delivered_remote(&env.id, &r.address, &host, &reply);
                         r.delivered(

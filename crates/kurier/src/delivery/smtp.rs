@@ -25,9 +25,9 @@ use kurier_smtp::data::DotStuffer;
 use kurier_spool::{Failure, MessageData, RemoteHost};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio_rustls::{TlsConnector, TlsStream};
 
+use super::destination::{Admission, DeadDestination, Destinations};
 use super::outcome::{RemoteOutcome, outcomes};
 use crate::config::{Config, TlsMode};
 use crate::dns::Lookup;
@@ -37,6 +37,16 @@ use crate::tls::client::{opportunistic, verifying};
 
 /// How long a connection waits for the next message to the same address.
 const IDLE_REUSE: Duration = Duration::from_secs(10);
+
+/// Whether a delivery reached its destination, for its dead-or-alive state.
+enum Contact {
+    /// A server answered (a transaction ran, or it refused with a reply).
+    Reached,
+    /// No host could be connected to, greeted or upgraded to TLS.
+    Unreachable(String),
+    /// No connection was tried (no address).
+    NotTried,
+}
 
 /// How long a polite close (QUIT, its reply, TLS close_notify) may take.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,8 +80,8 @@ pub struct Outbound {
     timeout: Duration,
     /// Configured routes, then the default MX route last.
     routes: Vec<Route>,
-    per_destination: usize,
-    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each next hop's connections in use and whether it is dead.
+    destinations: Arc<Destinations>,
     pool: Mutex<HashMap<PoolKey, Vec<Idle>>>,
 }
 
@@ -123,8 +133,7 @@ impl Outbound {
             helo: config.hostname.clone(),
             timeout: config.delivery.remote_timeout,
             routes,
-            per_destination: config.delivery.per_destination,
-            limits: Mutex::new(HashMap::new()),
+            destinations: Destinations::new(config.delivery.per_destination),
             pool: Mutex::new(HashMap::new()),
         })
     }
@@ -161,17 +170,47 @@ impl Outbound {
                 Err(e) => return all(RemoteOutcome::from_route_error(&e)),
             },
         };
-        let permit = {
-            let sem = {
-                let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-                limits
-                    .entry(domain.to_ascii_lowercase())
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_destination)))
-                    .clone()
-            };
-            sem.acquire_owned().await
+        // The next hop: the route's host, or the domain (its MX hosts).
+        let destination = route
+            .host
+            .clone()
+            .unwrap_or_else(|| domain.to_ascii_lowercase());
+        let slot = match self.destinations.admit(&destination, Instant::now()) {
+            Admission::Go(slot) => slot,
+            Admission::Busy => return all(RemoteOutcome::Busy),
+            Admission::Dead { left, reason } => {
+                return all(RemoteOutcome::temporary(
+                    EnhancedCode(4, 4, 1),
+                    format!(
+                        "{destination} is not answering ({reason}); deliveries to it suspended for {} s",
+                        left.as_secs()
+                    ),
+                ));
+            }
         };
-        let _permit = permit;
+        let (outcomes, contact) = self.deliver_to(domain, tx, body, route_index, hosts).await;
+        match contact {
+            Contact::Reached => slot.reached(),
+            Contact::Unreachable(reason) => slot.unreachable(&reason, Instant::now()),
+            Contact::NotTried => {}
+        }
+        outcomes
+    }
+
+    /// [`Outbound::deliver`] once the destination admitted it: each host, each address.
+    async fn deliver_to(
+        &self,
+        domain: &str,
+        tx: &OutboundTransaction,
+        body: &MessageData,
+        route_index: usize,
+        hosts: Vec<String>,
+    ) -> (Vec<RemoteOutcome>, Contact) {
+        let n = tx.recipients.len();
+        let all = |o: RemoteOutcome| vec![o; n];
+        let route = &self.routes[route_index];
+        let mut tried = false;
+        let mut unreachable = String::new();
         let mut last = RemoteOutcome::temporary(
             EnhancedCode(4, 4, 1),
             format!("no mail host for {domain} could be reached"),
@@ -210,10 +249,13 @@ impl Outbound {
                     {
                         Ok((result, dsn, reusable)) => {
                             self.give_back(key, reusable);
-                            return outcomes(result, &mta, dsn);
+                            return (outcomes(result, &mta, dsn), Contact::Reached);
                         }
                         Err(e) if e.reply.is_none() => {}
-                        Err(e) => return all(RemoteOutcome::from_session_error(&e, &mta)),
+                        Err(e) => {
+                            let failed = RemoteOutcome::from_session_error(&e, &mta);
+                            return (all(failed), Contact::Reached);
+                        }
                     }
                 }
                 let (conn, session) = match self.connect(addr, &host, route).await {
@@ -221,16 +263,19 @@ impl Outbound {
                     Err(e) => {
                         maillog::next_hop_failed(&mta, &e.message);
                         last = RemoteOutcome::from_session_error(&e, &mta);
+                        tried = true;
+                        unreachable = e.message.clone();
                         if e.try_next_host() || e.reply.is_none() {
                             continue;
                         }
-                        return all(last);
+                        // It answered, with a refusal: alive.
+                        return (all(last), Contact::Reached);
                     }
                 };
                 // The server names itself as we do: this route or MX leads back to us.
                 if session.capabilities().server_name == self.helo.to_ascii_lowercase() {
                     close_politely(conn, session).await;
-                    return all(RemoteOutcome::Failed {
+                    let looped = RemoteOutcome::Failed {
                         permanent: true,
                         failure: Failure {
                             remote: Some(mta.clone()),
@@ -242,18 +287,24 @@ impl Outbound {
                                 ),
                             )
                         },
-                    });
+                    };
+                    return (all(looped), Contact::Reached);
                 }
-                return match self.transact(conn, session, tx, body, &host, route).await {
+                let result = match self.transact(conn, session, tx, body, &host, route).await {
                     Ok((result, dsn, reusable)) => {
                         self.give_back(key, reusable);
                         outcomes(result, &mta, dsn)
                     }
                     Err(e) => all(RemoteOutcome::from_session_error(&e, &mta)),
                 };
+                return (result, Contact::Reached);
             }
         }
-        all(last)
+        let contact = match tried {
+            true => Contact::Unreachable(unreachable),
+            false => Contact::NotTried,
+        };
+        (all(last), contact)
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<Idle> {
@@ -274,16 +325,17 @@ impl Outbound {
         }
     }
 
+    /// The destinations that are dead now.
+    pub fn dead_destinations(&self) -> Vec<DeadDestination> {
+        self.destinations.dead(Instant::now())
+    }
+
     /// Closes connections that waited too long for another message, politely (on the side:
     /// a silent peer does not hold the caller).
     pub fn sweep(&self) {
         self.close_idle(false)
             .into_iter()
             .for_each(|c| drop(tokio::spawn(c)));
-        // A domain's limit that nobody holds is dropped, so the map holds only domains
-        // with mail in flight, not every domain ever mailed.
-        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
-        limits.retain(|_, sem| Arc::strong_count(sem) > 1);
     }
 
     /// At shutdown: every pooled connection gets its QUIT, all at once (each bounded by

@@ -81,6 +81,7 @@ fn rig_with(local: Option<Arc<dyn LocalDelivery>>) -> Rig {
         signers: Arc::new(crate::dkim::Signers::load(&data_dir)),
         config,
         recovered: Vec::new(),
+        dead_destinations: data.path().join("dead-destinations.json"),
     });
     Rig {
         engine: Arc::new(engine),

@@ -283,6 +283,18 @@ pub fn next_hop_failed(mta: &RemoteHost, error: &str) {
     );
 }
 
+/// A destination could not be reached `failures` times in a row: its mail is deferred
+/// without trying for `wait`.
+pub fn destination_dead(name: &str, failures: u32, wait: std::time::Duration, error: &str) {
+    tracing::warn!(
+        destination = escaped(name),
+        failures,
+        retry_in_s = wait.as_secs(),
+        error = escaped(error),
+        "destination not answering: deliveries to it suspended"
+    );
+}
+
 /// A queued message could not be read for delivery.
 pub fn queued_message_unreadable(id: &QueueId, error: &SpoolError) {
     tracing::error!(

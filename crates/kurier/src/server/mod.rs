@@ -219,6 +219,7 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
             outbound,
             signers: signers.clone(),
             recovered: recovery.queued,
+            dead_destinations: data_dir.dead_destinations(),
         },
         stop.clone(),
         &workers,
