@@ -218,7 +218,8 @@ pub struct DeliveryConfig {
     pub enabled: bool,
     /// Messages delivered in parallel.
     pub workers: usize,
-    /// Connections at once to one destination domain.
+    /// Connections at once to one destination (next hop: a route's host, or the domain
+    /// for MX delivery); a worker never waits for one (see delivery::destination).
     pub per_destination: usize,
     /// Waits between attempts after temporary failures; the last one repeats. A random
     /// jitter of up to 10% is added.
