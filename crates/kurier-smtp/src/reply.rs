@@ -61,6 +61,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// `451 4.3.0`: the server failed at something of its own (a disk, a task); the client
+    /// should try again later (RFC 5321 §4.2.2, RFC 3463).
+    pub fn local_error() -> Self {
+        Reply::new(
+            451,
+            codes::SYSTEM_TEMP,
+            "Local error in processing, try again later",
+        )
+    }
+
     /// A one-line reply with an enhanced status code.
     pub fn new(code: u16, enhanced: EnhancedCode, text: impl Into<String>) -> Self {
         Reply {

@@ -377,11 +377,7 @@ impl Driver<'_> {
             Some(s) if s.serial() == self.session.message_serial() => s.finish(body, spilled).await,
             _ => {
                 tracing::error!(spilled, "message data handed out but not on disk");
-                Err(Reply::new(
-                    451,
-                    codes::SYSTEM_TEMP,
-                    "Local error in processing, try again later",
-                ))
+                Err(Reply::local_error())
             }
         }
     }

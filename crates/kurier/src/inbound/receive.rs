@@ -192,7 +192,7 @@ async fn sign(inbound: &Inbound, domain: &str, data: &MessageData) -> Result<Str
     };
     signed.map_err(|e| {
         tracing::error!(error = %e, "cannot read the message data to sign it");
-        local_error()
+        Reply::local_error()
     })
 }
 
@@ -281,7 +281,7 @@ async fn make_durable(
             })
             .await
         }
-        (None, None) => return Err(local_error()),
+        (None, None) => return Err(Reply::local_error()),
     };
     match written {
         Ok(Ok(())) => {}
@@ -295,23 +295,15 @@ async fn make_durable(
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot write message to the spool");
-            return Err(local_error());
+            return Err(Reply::local_error());
         }
         Err(e) => {
             tracing::error!(error = %e, "spool writer failed");
-            return Err(local_error());
+            return Err(Reply::local_error());
         }
     }
     inbound.delivery.submit(envelope.clone(), body);
     Ok((envelope, "queued"))
-}
-
-fn local_error() -> Reply {
-    Reply::new(
-        451,
-        codes::SYSTEM_TEMP,
-        "Local error in processing, try again later",
-    )
 }
 
 #[cfg(test)]

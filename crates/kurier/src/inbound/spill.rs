@@ -58,17 +58,9 @@ impl Refusal {
                 codes::SYSTEM_FULL,
                 "Insufficient system storage, try again later",
             ),
-            Refusal::LocalError => local_error(),
+            Refusal::LocalError => Reply::local_error(),
         }
     }
-}
-
-fn local_error() -> Reply {
-    Reply::new(
-        451,
-        codes::SYSTEM_TEMP,
-        "Local error in processing, try again later",
-    )
 }
 
 fn is_full(e: &std::io::Error) -> bool {
@@ -126,7 +118,7 @@ impl Spill {
                 spilled,
                 "message data on disk does not match the session's"
             );
-            return Err(local_error());
+            return Err(Reply::local_error());
         }
         let tail = body.split_off(KEEP);
         let (f, at) = (file.clone(), self.len);
@@ -137,7 +129,7 @@ impl Spill {
                 tracing::error!(error = %e, "cannot write message data to the spool");
                 return Err(Refusal::of(is_full(&e)).reply());
             }
-            Err(_) => return Err(local_error()),
+            Err(_) => return Err(Reply::local_error()),
         }
         Ok(MessageData::with_rest(body, file, self.len))
     }

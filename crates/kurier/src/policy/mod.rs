@@ -324,11 +324,7 @@ impl Policy {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot read the message data to check its sender");
-                Reply::new(
-                    451,
-                    codes::SYSTEM_TEMP,
-                    "Local error in processing, try again later",
-                )
+                Reply::local_error()
             })?;
         let mut policies: Vec<_> = recipient_domains
             .iter()
