@@ -827,3 +827,71 @@ fn delivery_to_postfix_over_starttls() {
         postfix.log()
     );
 }
+
+/// Submits one message per recipient in a single session, as alice (Python's smtplib).
+fn submit_each(s: &TestServer, rcpts: &[String]) {
+    let script = r#"
+import json, smtplib, ssl, sys
+port, rcpts = int(sys.argv[1]), json.loads(sys.argv[2])
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+    c.starttls(context=ctx)
+    c.login("alice@localhost", "correct horse battery")
+    for i, r in enumerate(rcpts):
+        body = ("From: alice@localhost\r\nTo: %s\r\nSubject: n%d\r\nMessage-ID: <n%d@test>\r\n\r\nHi.\r\n" % (r, i, i)).encode()
+        c.sendmail("alice@localhost", [r], body)
+"#;
+    run_ok(Command::new("python3").args([
+        "-c",
+        script,
+        &s.submission.to_string(),
+        &serde_json::to_string(rcpts).unwrap(),
+    ]));
+}
+
+#[test]
+fn a_blackholed_destination_does_not_hold_up_the_others() {
+    // A host that accepts connections and never says a word (a blackholed MX): each
+    // connection to it waits for the whole remote_timeout, here 10 minutes.
+    let (dead_ip, live_ip) = (next_loopback(), next_loopback());
+    let blackhole = std::net::TcpListener::bind((dead_ip, 25)).unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepted = held.clone();
+    std::thread::spawn(move || {
+        for c in blackhole.incoming().flatten() {
+            accepted.lock().unwrap().push(c);
+        }
+    });
+    let rx = Receiver::start(live_ip);
+    let dns = TestDns::start(vec![]);
+    let routes = format!(
+        "[[routes]]\ndomains = [\"dead.test\"]\nhost = \"{dead_ip}\"\n\
+         [[routes]]\ndomains = [\"live.test\"]\nhost = \"{live_ip}\"\n"
+    );
+    let s = origin(
+        &dns,
+        "remote_timeout = \"10m\"\nworkers = 4\nper_destination = 2",
+        &routes,
+    );
+    let dead: Vec<String> = (0..20).map(|i| format!("d{i}@dead.test")).collect();
+    submit_each(&s, &dead);
+    // The dead destination's connections are open before the healthy mail arrives.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let live: Vec<String> = (0..30).map(|i| format!("l{i}@live.test")).collect();
+    let started = Instant::now();
+    submit_each(&s, &live);
+    // All healthy messages arrive well within the remote timeout (wait_messages: 20 s).
+    let got = rx.wait_messages(30);
+    assert_eq!(got.len(), 30);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    // The dead destination never got more than its own two connections.
+    assert_eq!(held.lock().unwrap().len(), 2, "{}", s.log());
+    let list = cli_ok(&s, &["queue", "list"]);
+    assert_eq!(list.matches("@dead.test").count(), 20, "{list}");
+    assert!(!list.contains("@live.test"), "{list}");
+}
