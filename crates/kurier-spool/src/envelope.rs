@@ -75,6 +75,84 @@ pub struct RemoteHost {
     /// The address connected to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
+    /// The TLS of the session, once one ran (for the history and the log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsUsed>,
+}
+
+impl RemoteHost {
+    /// A host by name and, once connected, address; no TLS yet.
+    pub fn new(name: impl Into<String>, ip: Option<IpAddr>) -> RemoteHost {
+        RemoteHost {
+            name: name.into(),
+            ip,
+            tls: None,
+        }
+    }
+}
+
+/// The TLS a session used: what an admin asks of a message's history ("was it encrypted,
+/// and did we know who we spoke to?").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsUsed {
+    /// Protocol version, e.g. `TLSv1.3`.
+    pub version: String,
+    /// Cipher suite name.
+    pub cipher: String,
+    /// Outbound: the server's certificate was verified (a route with `tls = "verify"`, or
+    /// one that authenticates); false for opportunistic TLS. Always false inbound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified: bool,
+}
+
+impl fmt::Display for TlsUsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let checked = if self.verified {
+            "verified"
+        } else {
+            "unverified"
+        };
+        write!(f, "{} {} {checked}", self.version, self.cipher)
+    }
+}
+
+/// A report (DSN) sent about a message: its kind, for the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportKind {
+    /// Delivery failed (RFC 3464 action "failed").
+    Failed,
+    /// Still trying ("delayed").
+    Delayed,
+    /// Delivered into a mailbox ("delivered").
+    Delivered,
+    /// Handed to a server that sends no reports ("relayed").
+    Relayed,
+}
+
+impl ReportKind {
+    /// The RFC 3464 action name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Failed => "failed",
+            ReportKind::Delayed => "delayed",
+            ReportKind::Delivered => "delivered",
+            ReportKind::Relayed => "relayed",
+        }
+    }
+}
+
+/// A DSN queued about a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportSent {
+    /// When (unix time).
+    pub at: u64,
+    /// The DSN's own queue id.
+    pub id: QueueId,
+    /// To whom (the message's sender).
+    pub to: Mailbox,
+    /// What it reports, one entry per recipient it covers.
+    pub kinds: Vec<ReportKind>,
 }
 
 impl fmt::Display for RemoteHost {
@@ -228,6 +306,9 @@ pub struct Attempt {
     /// What happened.
     #[serde(flatten)]
     pub result: AttemptResult,
+    /// How long it took (milliseconds), when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<u64>,
 }
 
 /// One recipient of a queued message.
@@ -299,7 +380,18 @@ impl RecipientState {
         if self.history.len() >= MAX_HISTORY {
             self.history.remove(0);
         }
-        self.history.push(Attempt { at, result });
+        self.history.push(Attempt {
+            at,
+            result,
+            took_ms: None,
+        });
+    }
+
+    /// Notes how long the attempt just recorded took.
+    pub fn took(&mut self, duration: std::time::Duration) {
+        if let Some(a) = self.history.last_mut() {
+            a.took_ms = Some(duration.as_millis() as u64);
+        }
     }
 
     /// The recipient was delivered.
@@ -381,6 +473,21 @@ pub struct Envelope {
     /// quarantines (`authentication.dmarc_quarantine`) get it in their Junk folder.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub junk: bool,
+    /// The listener it came in on (`smtp`, `submission`, …); none for reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+    /// The TLS of the session it came in on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsUsed>,
+    /// Its Message-ID field (without the angle brackets), for finding it in the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// For a report: the message it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_of: Option<QueueId>,
+    /// The reports sent about it so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<ReportSent>,
 }
 
 impl Envelope {
@@ -409,6 +516,11 @@ impl Envelope {
             hold: false,
             delay_warned: false,
             junk: false,
+            listener: None,
+            tls: None,
+            message_id: None,
+            report_of: None,
+            reports: Vec::new(),
         }
     }
 

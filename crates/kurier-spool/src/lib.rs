@@ -44,7 +44,7 @@ mod v1;
 
 pub use envelope::{
     Attempt, AttemptResult, Delivered, DiagnosticType, Envelope, Failure, MAX_HISTORY, QueueId,
-    RecipientState, RecipientStatus, RemoteHost,
+    RecipientState, RecipientStatus, RemoteHost, ReportKind, ReportSent, TlsUsed,
 };
 pub use memory::MemoryStore;
 pub use message_data::MessageData;

@@ -102,14 +102,8 @@ fn mailbox(s: &str) -> Result<Mailbox, String> {
 /// `host [ip]` or `host`.
 fn remote_host(s: &str) -> RemoteHost {
     match s.split_once(" [") {
-        Some((name, ip)) => RemoteHost {
-            name: name.to_string(),
-            ip: ip.trim_end_matches(']').parse::<IpAddr>().ok(),
-        },
-        None => RemoteHost {
-            name: s.to_string(),
-            ip: None,
-        },
+        Some((name, ip)) => RemoteHost::new(name, ip.trim_end_matches(']').parse::<IpAddr>().ok()),
+        None => RemoteHost::new(s, None),
     }
 }
 
@@ -208,6 +202,7 @@ impl RecipientV1 {
                 .map(|text| Attempt {
                     at: 0,
                     result: AttemptResult::Recorded { text },
+                    took_ms: None,
                 })
                 .collect(),
         })
@@ -246,6 +241,11 @@ impl EnvelopeV1 {
             hold: self.hold,
             delay_warned: self.delay_warned,
             junk: self.junk,
+            listener: None,
+            tls: None,
+            message_id: None,
+            report_of: None,
+            reports: Vec::new(),
         })
     }
 }

@@ -31,10 +31,7 @@ fn mailbox(s: &str) -> Mailbox {
 }
 
 fn host(name: &str, ip: [u8; 4]) -> RemoteHost {
-    RemoteHost {
-        name: name.into(),
-        ip: Some(ip.into()),
-    }
+    RemoteHost::new(name, Some(ip.into()))
 }
 
 #[test]

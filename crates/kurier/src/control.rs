@@ -107,7 +107,12 @@ pub fn bind(data_dir: &DataDir) -> std::io::Result<UnixListener> {
 }
 
 /// Runs a changing command: through the server when it runs, else directly where possible.
-pub fn run(data_dir: &DataDir, cmd: QueueCommand) -> Result<String, QueueError> {
+/// Offline, a deleted message is recorded in `history`.
+pub fn run(
+    data_dir: &DataDir,
+    cmd: QueueCommand,
+    history: &crate::history::History,
+) -> Result<String, QueueError> {
     match UnixStream::connect(data_dir.control_socket()) {
         Ok(mut stream) => {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(300)));
@@ -130,13 +135,17 @@ pub fn run(data_dir: &DataDir, cmd: QueueCommand) -> Result<String, QueueError> 
                 Err(QueueError::Server(r.message))
             }
         }
-        Err(_) => offline(data_dir, cmd),
+        Err(_) => offline(data_dir, cmd, history),
     }
 }
 
 /// No server: change the spool directly, holding the data directory's lock so that a server
 /// cannot start meanwhile.
-fn offline(data_dir: &DataDir, cmd: QueueCommand) -> Result<String, QueueError> {
+fn offline(
+    data_dir: &DataDir,
+    cmd: QueueCommand,
+    history: &crate::history::History,
+) -> Result<String, QueueError> {
     let lock_path = data_dir.server_lock();
     let lock = std::fs::File::create(&lock_path)
         .map_err(|e| QueueError::Server(format!("{}: {e}", lock_path.display())))?;
@@ -151,6 +160,9 @@ fn offline(data_dir: &DataDir, cmd: QueueCommand) -> Result<String, QueueError> 
         QueueCommand::Hold(id) => set_hold(&spool, &id, true),
         QueueCommand::Release(id) => set_hold(&spool, &id, false),
         QueueCommand::Delete(id) => {
+            let env = spool.envelope(&id).map_err(|e| not_found(e, &id))?;
+            let now = crate::time::unix_now();
+            history.record(&env, crate::history::Left::Deleted, now);
             spool.remove(&id).map_err(|e| not_found(e, &id))?;
             Ok(format!("{id} deleted"))
         }

@@ -130,6 +130,11 @@ impl DataDir {
         self.0.join("greylist.json")
     }
 
+    /// What happened to messages that left the queue (`kurier queue history`).
+    pub fn history(&self) -> PathBuf {
+        self.0.join("history")
+    }
+
     /// The destinations the running server found dead, for `kurier queue list`.
     pub fn dead_destinations(&self) -> PathBuf {
         self.0.join("dead-destinations.json")

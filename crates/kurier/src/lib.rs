@@ -42,6 +42,7 @@ pub mod dkim;
 pub mod dns;
 pub mod fsutil;
 pub mod header;
+pub mod history;
 pub mod inbound;
 pub mod load;
 pub mod maillog;

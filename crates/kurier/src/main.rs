@@ -133,7 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, data_dir, _) = load_config(&cli)?;
             existing(&data_dir)?;
             cli::as_data_dir_owner(&config, &data_dir)?;
-            cli::queue::run(cmd, &data_dir)
+            cli::queue::run(cmd, &config, &data_dir)
         }
         Command::Dkim(cmd) => {
             let (config, data_dir, _) = load_config(&cli)?;

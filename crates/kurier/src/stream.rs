@@ -48,4 +48,15 @@ impl Conn {
     pub fn is_tls(&self) -> bool {
         matches!(self, Conn::Tls(_))
     }
+
+    /// The negotiated TLS, once it is up.
+    pub fn tls_info(&self) -> Option<kurier_smtp::TlsInfo> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(s) => Some(match s.as_ref() {
+                TlsStream::Client(c) => crate::tls::session_info(c.get_ref().1),
+                TlsStream::Server(c) => crate::tls::session_info(c.get_ref().1),
+            }),
+        }
+    }
 }

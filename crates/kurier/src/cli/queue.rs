@@ -7,8 +7,10 @@ use kurier_spool::{
     Attempt, AttemptResult, Failure, QueueId, RecipientState, RecipientStatus, Spool, SpoolError,
 };
 
+use crate::config::Config;
 use crate::control::{self, QueueCommand as Q, QueueError, not_found};
 use crate::data_dir::DataDir;
+use crate::history::History;
 use crate::time::{rfc5322, unix_now};
 
 #[derive(Subcommand)]
@@ -48,28 +50,32 @@ pub enum QueueCmd {
         /// The queue id.
         id: String,
     },
+    /// What happened to messages, also after they left the queue (kept for
+    /// delivery.history_keep): reception, each attempt, reports, the outcome.
+    History(super::history::HistoryArgs),
 }
 
 /// Carries out a `kurier queue` command and prints its answer.
-pub fn run(cmd: &QueueCmd, data_dir: &DataDir) -> anyhow::Result<()> {
+pub fn run(cmd: &QueueCmd, config: &Config, data_dir: &DataDir) -> anyhow::Result<()> {
+    let history = History::configured(config, data_dir);
+    let run = |q: Q| control::run(data_dir, q, &history);
     let out = match cmd {
+        QueueCmd::History(args) => super::history::run(args, data_dir)?,
         QueueCmd::List => list(data_dir)?,
         QueueCmd::Show { id } => show(data_dir, &parse_id(id)?)?,
-        QueueCmd::Flush { id: Some(id), .. } => {
-            control::run(data_dir, Q::Flush(Some(parse_id(id)?)))?
-        }
+        QueueCmd::Flush { id: Some(id), .. } => run(Q::Flush(Some(parse_id(id)?)))?,
         QueueCmd::Flush {
             id: None,
             all: true,
-        } => control::run(data_dir, Q::Flush(None))?,
+        } => run(Q::Flush(None))?,
         QueueCmd::Flush {
             id: None,
             all: false,
         } => bail!("name a queue id, or use --all"),
-        QueueCmd::Hold { id } => control::run(data_dir, Q::Hold(parse_id(id)?))?,
-        QueueCmd::Release { id } => control::run(data_dir, Q::Release(parse_id(id)?))?,
-        QueueCmd::Delete { id } => control::run(data_dir, Q::Delete(parse_id(id)?))?,
-        QueueCmd::Bounce { id } => control::run(data_dir, Q::Bounce(parse_id(id)?))?,
+        QueueCmd::Hold { id } => run(Q::Hold(parse_id(id)?))?,
+        QueueCmd::Release { id } => run(Q::Release(parse_id(id)?))?,
+        QueueCmd::Delete { id } => run(Q::Delete(parse_id(id)?))?,
+        QueueCmd::Bounce { id } => run(Q::Bounce(parse_id(id)?))?,
     };
     println!("{}", printable(out.trim_end()));
     Ok(())
@@ -78,7 +84,7 @@ pub fn run(cmd: &QueueCmd, data_dir: &DataDir) -> anyhow::Result<()> {
 /// The output with control characters other than line ends escaped: envelope values come
 /// from strangers (ENVID, ORCPT, HELO, remote replies) and must not drive the admin's
 /// terminal (an ESC sequence could rewrite what is shown).
-fn printable(s: &str) -> String {
+pub(super) fn printable(s: &str) -> String {
     s.chars()
         .map(|c| match c {
             '\n' => "\n".to_string(),

@@ -235,6 +235,12 @@ pub struct DeliveryConfig {
     /// Timeout for connecting and for each reply of a remote server.
     #[serde(with = "duration::text")]
     pub remote_timeout: Duration,
+    /// How long the history of a message that left the queue is kept for `kurier queue
+    /// history`; "0s" keeps none.
+    #[serde(with = "duration::text")]
+    pub history_keep: Duration,
+    /// The most the history files may hold together (bytes); the oldest days go first.
+    pub history_size: u64,
 }
 
 /// DNS settings.
@@ -521,6 +527,8 @@ impl Default for DeliveryConfig {
             max_lifetime: Duration::from_secs(5 * 24 * 3600),
             delay_warning: Duration::from_secs(4 * 3600),
             remote_timeout: Duration::from_secs(120),
+            history_keep: Duration::from_secs(7 * 24 * 3600),
+            history_size: 1024 * 1024 * 1024,
         }
     }
 }

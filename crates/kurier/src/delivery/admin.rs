@@ -8,6 +8,7 @@ use kurier_spool::{Failure, QueueId, SpoolError};
 
 use super::Engine;
 use crate::control::QueueCommand;
+use crate::history::Left;
 
 impl Engine {
     /// Runs a queue command under the message's lock, so it never races a delivery.
@@ -83,6 +84,8 @@ impl Engine {
         };
         match cmd {
             QueueCommand::Delete(_) => {
+                let env = self.spool.envelope(id).map_err(not_found)?;
+                self.history.record(&env, Left::Deleted, self.clock.now());
                 self.spool.remove(id).map_err(not_found)?;
                 tracing::info!(queue_id = %id, "deleted by the administrator");
                 Ok((format!("{id} deleted"), false))

@@ -4,11 +4,13 @@
 
 use kurier_smtp::{EnhancedCode, ReversePath};
 use kurier_spool::{
-    Delivered, Envelope, Failure, MessageData, QueueId, RecipientState, RecipientStatus, SpoolError,
+    Delivered, Envelope, Failure, MessageData, QueueId, RecipientState, RecipientStatus,
+    ReportKind, ReportSent, SpoolError,
 };
 
 use super::Engine;
 use super::dsn::{self, DsnAction, DsnRecipient};
+use crate::history::Left;
 use crate::maillog;
 use crate::time::rfc5322;
 
@@ -52,6 +54,8 @@ impl Engine {
         self.report(&mut env, body);
         let id = env.id.clone();
         if env.is_done() {
+            // The record first: a crash between the two repeats it, never loses it.
+            self.history.record(&env, Left::Done, self.clock.now());
             match self.spool.remove(&id) {
                 Ok(()) | Err(SpoolError::NotFound(_)) => {
                     tracing::debug!(queue_id = %id, "removed from queue")
@@ -193,18 +197,26 @@ impl Engine {
         );
         dsn_env.eight_bit = !report.is_ascii();
         dsn_env.smtputf8 = env.smtputf8;
+        dsn_env.report_of = Some(env.id.clone());
         match self.spool.commit(&dsn_env, &report) {
             Ok(()) => {
-                let kinds: Vec<&str> = blocks
+                let kinds: Vec<ReportKind> = blocks
                     .iter()
                     .map(|b| match b.action {
-                        DsnAction::Failed => "failed",
-                        DsnAction::Delayed => "delayed",
-                        DsnAction::Delivered => "delivered",
-                        DsnAction::Relayed => "relayed",
+                        DsnAction::Failed => ReportKind::Failed,
+                        DsnAction::Delayed => ReportKind::Delayed,
+                        DsnAction::Delivered => ReportKind::Delivered,
+                        DsnAction::Relayed => ReportKind::Relayed,
                     })
                     .collect();
-                maillog::dsn_queued(&env.id, &id, to, &kinds.join(","));
+                let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+                maillog::dsn_queued(&env.id, &id, to, &names.join(","));
+                env.reports.push(ReportSent {
+                    at: now,
+                    id: id.clone(),
+                    to: to.clone(),
+                    kinds,
+                });
                 self.schedule(id, now);
             }
             Err(e) => maillog::dsn_not_queued(&env.id, &e),

@@ -27,6 +27,7 @@ impl Engine {
             .filter(|r| r.is_pending() && r.local && r.next_attempt <= now)
         {
             r.attempts += 1;
+            let started = std::time::Instant::now();
             let mailbox = r.address.clone();
             let quarantines = self
                 .config
@@ -81,8 +82,10 @@ impl Engine {
                     // The domain stopped being local after the message was accepted.
                     r.local = false;
                     r.attempts -= 1;
+                    continue;
                 }
             }
+            r.took(started.elapsed());
         }
     }
 

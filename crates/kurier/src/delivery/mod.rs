@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::directory::Directory;
+use crate::history::{History, Left};
 use crate::maillog;
 use crate::time::Clock;
 
@@ -95,6 +96,11 @@ impl DeliveryHandle {
         tokio::task::spawn_blocking(move || {
             let mut env = envelope;
             engine.deliver_local(&mut env, &MessageData::shared(body), now);
+            // All delivered before the 250: the message never enters the queue, so this is
+            // where it leaves it.
+            if env.is_done() {
+                engine.history.record(&env, Left::Done, engine.clock.now());
+            }
             env
         })
         .await
@@ -143,6 +149,8 @@ pub struct Setup {
     pub recovered: Vec<Envelope>,
     /// Where the dead destinations are shown to `kurier queue list`.
     pub dead_destinations: std::path::PathBuf,
+    /// Where messages that leave the queue are recorded.
+    pub history: Arc<History>,
 }
 
 /// The engine's shared state.
@@ -158,6 +166,7 @@ pub struct Engine {
     locks: Mutex<HashMap<QueueId, Arc<tokio::sync::Mutex<()>>>>,
     enabled: bool,
     dead_destinations: std::path::PathBuf,
+    history: Arc<History>,
 }
 
 /// Starts the workers and the retry timer, and queues what recovery found. With
@@ -267,6 +276,7 @@ impl Engine {
             signers,
             recovered,
             dead_destinations,
+            history,
         } = setup;
         let engine = Engine {
             spool,
@@ -280,6 +290,7 @@ impl Engine {
             retries: Mutex::new(BTreeMap::new()),
             locks: Mutex::new(HashMap::new()),
             dead_destinations,
+            history,
         };
         (engine, recovered)
     }

@@ -55,7 +55,9 @@ impl Engine {
                 ret: env.ret,
                 envid: env.envid.clone(),
             };
+            let started = std::time::Instant::now();
             let results = self.outbound.deliver(&domain, &tx, body).await;
+            let took = started.elapsed();
             let done = self.clock.now();
             for (&i, outcome) in indexes.iter().zip(results) {
                 let r = &mut env.recipients[i];
@@ -94,6 +96,7 @@ impl Engine {
                         r.deferred(done, failure, next);
                     }
                 }
+                r.took(took);
             }
         }
     }

@@ -22,7 +22,7 @@ use kurier_smtp::client::{
     Stage, TlsPolicy, TransactionResult,
 };
 use kurier_smtp::data::DotStuffer;
-use kurier_spool::{Failure, MessageData, RemoteHost};
+use kurier_spool::{Failure, MessageData, RemoteHost, TlsUsed};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, TlsStream};
@@ -58,6 +58,8 @@ struct Route {
     port: u16,
     tls: TlsMode,
     connector: TlsConnector,
+    /// The connector checks the server's certificate.
+    verifies: bool,
     auth: Option<Credentials>,
 }
 
@@ -105,7 +107,8 @@ impl Outbound {
                 TlsMode::Opportunistic | TlsMode::Required if auth.is_some() => TlsMode::Verify,
                 mode => mode,
             };
-            let connector = if tls == TlsMode::Verify || auth.is_some() {
+            let verifies = tls == TlsMode::Verify || auth.is_some();
+            let connector = if verifies {
                 TlsConnector::from(verifying(r.ca_file.as_deref())?)
             } else {
                 insecure.clone()
@@ -116,6 +119,7 @@ impl Outbound {
                 port: r.port,
                 tls,
                 connector,
+                verifies,
                 auth,
             });
         }
@@ -126,6 +130,7 @@ impl Outbound {
             port: 25,
             tls: TlsMode::Opportunistic,
             connector: insecure,
+            verifies: false,
             auth: None,
         });
         Ok(Outbound {
@@ -232,10 +237,7 @@ impl Outbound {
             };
             for ip in ips {
                 let addr = SocketAddr::new(ip, route.port);
-                let mta = RemoteHost {
-                    name: host.clone(),
-                    ip: Some(ip),
-                };
+                let mta = RemoteHost::new(host.clone(), Some(ip));
                 let key = PoolKey {
                     addr,
                     route: route_index,
@@ -243,6 +245,7 @@ impl Outbound {
                 // A pooled connection first; if it went stale, a fresh one.
                 if let Some(idle) = self.take_idle(&key) {
                     maillog::reusing_connection(&mta);
+                    let mta = with_tls(&mta, &idle.conn, route);
                     match self
                         .transact(idle.conn, idle.session, tx, body, &host, route)
                         .await
@@ -272,6 +275,7 @@ impl Outbound {
                         return (all(last), Contact::Reached);
                     }
                 };
+                let mta = with_tls(&mta, &conn, route);
                 // The server names itself as we do: this route or MX leads back to us.
                 if session.capabilities().server_name == self.helo.to_ascii_lowercase() {
                     close_politely(conn, session).await;
@@ -497,6 +501,17 @@ impl Outbound {
             }
         }
     }
+}
+
+/// The host as reached on `conn`: with the TLS it negotiated, and whether the route's
+/// connector checked the certificate.
+fn with_tls(mta: &RemoteHost, conn: &Conn, route: &Route) -> RemoteHost {
+    let tls = conn.tls_info().map(|t| TlsUsed {
+        version: t.version,
+        cipher: t.cipher,
+        verified: route.verifies,
+    });
+    RemoteHost { tls, ..mta.clone() }
 }
 
 /// What goes to the server in one write of the message data.

@@ -82,6 +82,7 @@ fn rig_with(local: Option<Arc<dyn LocalDelivery>>) -> Rig {
         config,
         recovered: Vec::new(),
         dead_destinations: data.path().join("dead-destinations.json"),
+        history: Arc::new(crate::history::History::off()),
     });
     Rig {
         engine: Arc::new(engine),

@@ -5,7 +5,7 @@
 use kurier_smtp::session::Message;
 use kurier_smtp::trace::Received;
 use kurier_smtp::{Body, ForwardPath, Mailbox, Reply, Role, codes};
-use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, SpoolError};
+use kurier_spool::{Envelope, QueueId, RecipientState, RecipientStatus, SpoolError, TlsUsed};
 
 use super::{Inbound, spill};
 use crate::header::{fields, header_section};
@@ -217,6 +217,13 @@ fn envelope(
         helo: message.helo.clone(),
         auth_user: message.auth_user.clone(),
         junk,
+        listener: Some(client.role.name().to_string()),
+        tls: message.tls.as_ref().map(|t| TlsUsed {
+            version: t.version.clone(),
+            cipher: t.cipher.clone(),
+            verified: false,
+        }),
+        message_id: header_fields::message_id(data.head()),
         ..Envelope::new(
             id,
             now,

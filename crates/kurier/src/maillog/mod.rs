@@ -227,12 +227,14 @@ pub fn local_mailbox_gone(id: &QueueId, rcpt: &Mailbox) {
     );
 }
 
-/// Another server accepted the message for `rcpt`; `reply` is its final reply.
+/// Another server accepted the message for `rcpt`; `reply` is its final reply. `tls` says
+/// `none`, or the version and whether the certificate was `verified` or `unverified`.
 pub fn delivered_remote(id: &QueueId, rcpt: &Mailbox, mta: &RemoteHost, reply: &str) {
     tracing::info!(
         queue_id = display(id),
         rcpt = escaped(rcpt),
         mta = escaped(mta),
+        tls = display(tls_of(mta)),
         reply = escaped(reply),
         "delivered"
     );
@@ -244,6 +246,7 @@ pub fn delivery_failed(id: &QueueId, rcpt: &Mailbox, failure: &Failure) {
         queue_id = display(id),
         rcpt = escaped(rcpt),
         mta = escaped(mta_of(failure)),
+        tls = display(failure.remote.as_ref().map_or("none".into(), tls_of)),
         reason = escaped(failure),
         "delivery failed"
     );
@@ -259,6 +262,15 @@ pub fn delivery_deferred(id: &QueueId, rcpt: &Mailbox, failure: &Failure, retry_
         retry_in_s,
         "delivery deferred"
     );
+}
+
+/// `none`, `TLSv1.3/verified` or `TLSv1.2/unverified`.
+fn tls_of(mta: &RemoteHost) -> String {
+    match &mta.tls {
+        None => "none".into(),
+        Some(t) if t.verified => format!("{}/verified", t.version),
+        Some(t) => format!("{}/unverified", t.version),
+    }
 }
 
 /// The server of a failure, or `-`.

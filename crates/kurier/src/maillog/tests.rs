@@ -84,10 +84,7 @@ fn terminal_escapes_in_a_session_are_written_visibly() {
 fn delivery_lines_keep_their_messages_and_fields() {
     let id = QueueId::parse("0123456789abc01234567").unwrap();
     let rcpt = Mailbox::parse("bob@remote.test").unwrap();
-    let mta = RemoteHost {
-        name: "mx.remote.test".into(),
-        ip: Some("192.0.2.25".parse().unwrap()),
-    };
+    let mta = RemoteHost::new("mx.remote.test", Some("192.0.2.25".parse().unwrap()));
     let mut failure = Failure::local(kurier_smtp::EnhancedCode(4, 4, 1), "no answer\r\nX");
     let log = log_of(|| {
         delivered_remote(&id, &rcpt, &mta, "250 2.0.0 Ok: queued as 123\n");
@@ -95,13 +92,27 @@ fn delivery_lines_keep_their_messages_and_fields() {
         failure.remote = Some(mta.clone());
         delivery_failed(&id, &rcpt, &failure);
         reusing_connection(&mta);
+        let verified = RemoteHost {
+            tls: Some(kurier_spool::TlsUsed {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                verified: true,
+            }),
+            ..mta.clone()
+        };
+        delivered_remote(&id, &rcpt, &verified, "250 ok");
     });
     let lines: Vec<&str> = log.lines().collect();
-    assert_eq!(lines.len(), 4, "{log}");
+    assert_eq!(lines.len(), 5, "{log}");
     assert!(lines[0].ends_with(
         "delivered queue_id=0123456789abc01234567 rcpt=bob@remote.test \
-         mta=mx.remote.test [192.0.2.25] reply=250 2.0.0 Ok: queued as 123\\n"
+         mta=mx.remote.test [192.0.2.25] tls=none reply=250 2.0.0 Ok: queued as 123\\n"
     ));
+    assert!(
+        lines[4].ends_with("tls=TLSv1.3/verified reply=250 ok"),
+        "{}",
+        lines[4]
+    );
     assert!(lines[1].ends_with(
         "delivery deferred queue_id=0123456789abc01234567 rcpt=bob@remote.test mta=- \
          reason=x-kurier; no answer\\r\\nX retry_in_s=60"

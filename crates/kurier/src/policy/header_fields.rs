@@ -101,6 +101,30 @@ pub fn from_domain(message: &[u8]) -> Option<String> {
         .and_then(|a| Some(a.rsplit_once('@')?.1.to_ascii_lowercase()))
 }
 
+/// The longest Message-ID kept for the history (RFC 5322 §2.1.1 lines are at most 998).
+const MESSAGE_ID_KEPT: usize = 998;
+
+/// The first Message-ID: field's value without its angle brackets and folding, for finding
+/// a message in the history (RFC 5322 §3.6.4); `None` when there is none or it is empty.
+pub fn message_id(message: &[u8]) -> Option<String> {
+    let field = crate::header::fields(crate::header::header_section(message))
+        .find(|f| f.is("Message-ID"))?;
+    let value: Vec<u8> = field
+        .value
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\r' | b'\n'))
+        .take(MESSAGE_ID_KEPT)
+        .collect();
+    let value = String::from_utf8_lossy(&value);
+    let id = value
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
 /// Refuses a message with repeated author fields or with `hop_limit` or more hops
 /// (`hop_limit` counts the Received: field we are about to add).
 pub fn check(message: &[u8], hop_limit: usize) -> Result<(), Reply> {
@@ -140,6 +164,17 @@ pub fn check(message: &[u8], hop_limit: usize) -> Result<(), Reply> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn message_id_without_brackets_or_folding() {
+        let m = b"Subject: s\r\nMessage-Id:\r\n <abc@example.org>\r\n\r\nMessage-ID: <no>\r\n";
+        assert_eq!(super::message_id(m).as_deref(), Some("abc@example.org"));
+        assert_eq!(super::message_id(b"Message-ID: <>\r\n\r\n"), None);
+        assert_eq!(
+            super::message_id(b"Subject: x\r\n\r\nMessage-ID: <b>\r\n"),
+            None
+        );
+    }
 
     #[test]
     fn repeated_authors_and_hops() {

@@ -220,6 +220,7 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
             signers: signers.clone(),
             recovered: recovery.queued,
             dead_destinations: data_dir.dead_destinations(),
+            history: Arc::new(crate::history::History::configured(&config, &data_dir)),
         },
         stop.clone(),
         &workers,

@@ -131,8 +131,8 @@ pub fn server_config(key: CertifiedKey) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-/// Describes a finished handshake for the Received header and logs.
-pub fn session_info(conn: &rustls::ServerConnection) -> TlsInfo {
+/// Describes a finished handshake (either side) for the Received header, logs and history.
+pub fn session_info(conn: &rustls::CommonState) -> TlsInfo {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
