@@ -141,6 +141,8 @@ fn second_mx_is_used_when_the_first_refuses_and_kurier_peer_receives_over_tls() 
         log.contains(&format!("mx1.failover.test [{ip1}]")),
         "first MX not tried first:\n{log}"
     );
+    // Opportunistic STARTTLS: encrypted, the certificate not checked; the log says so.
+    assert!(log.contains("tls=TLSv1.3/unverified"), "{log}");
     // At a graceful stop the pooled connection is closed politely: QUIT (so the peer's
     // session ends as "closed", not "client disconnected" or a read error after a TLS
     // connection cut without close_notify).
@@ -417,6 +419,7 @@ fn smarthost_with_implicit_tls_and_auth() {
         "{text}"
     );
     wait_queue_empty(&s);
+    assert!(s.log().contains("tls=TLSv1.3/verified"), "{}", s.log());
     assert!(peer.log().contains("auth=relay@final.test"));
     let auths = peer.log().matches("auth=relay@final.test").count();
     submit(
@@ -894,4 +897,85 @@ fn a_blackholed_destination_does_not_hold_up_the_others() {
     let list = cli_ok(&s, &["queue", "list"]);
     assert_eq!(list.matches("@dead.test").count(), 20, "{list}");
     assert!(!list.contains("@live.test"), "{list}");
+}
+
+#[test]
+fn history_after_delivery_a_bounce_and_a_restart() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("hist.test", Rr::Mx(10, "mx.hist.test".into())),
+        ("mx.hist.test", Rr::A(ip)),
+    ]);
+    let rx = Receiver::start(ip);
+    let mut s = origin(&dns, "", "");
+    submit(&s, &["ok@hist.test", "perm@hist.test"], &[], "history test");
+    rx.wait_messages(1);
+    wait_queue_empty(&s);
+    wait_dsns(&s, 1);
+    let text = cli_ok(
+        &s,
+        &["queue", "history", "--message-id", "<history-test@test>"],
+    );
+    for part in [
+        "on submission with TLSv1.3",
+        ", AUTH alice@localhost, ",
+        "Message-ID <history-test@test>, from <alice@localhost> for 2 recipient(s)",
+        &format!(
+            "ok@hist.test: delivered to mx.hist.test [{ip}] without TLS \
+             (relayed: it sends no reports) in "
+        ),
+        " ms: 250 2.0.0 OK saved as 1",
+        &format!("perm@hist.test: failed by mx.hist.test [{ip}] in "),
+        " ms: 550 5.1.1 <perm@hist.test>: no such user here",
+        "report (failed) ",
+        "left the queue: 1 delivered, 1 failed",
+    ] {
+        assert!(text.contains(part), "{part:?} in\n{text}");
+    }
+    assert!(
+        s.log().contains("tls=none reply=250 2.0.0 OK"),
+        "{}",
+        s.log()
+    );
+    let id = text.split_whitespace().next().unwrap().to_string();
+    // The queue id finds the message and its report; --json is the same for scripts.
+    let json: Value =
+        serde_json::from_str(&cli_ok(&s, &["queue", "history", &id, "--json"])).unwrap();
+    let found = json.as_array().unwrap();
+    assert_eq!(found.len(), 2, "{json:#}");
+    assert_eq!(found[0]["envelope"]["id"], id.as_str());
+    assert_eq!(found[0]["state"], "done");
+    assert_eq!(found[1]["envelope"]["report_of"], id.as_str());
+    let kinds: Vec<&str> = found[0]["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"received"));
+    assert!(
+        kinds.contains(&"report") && kinds.last() == Some(&"state"),
+        "{kinds:?}"
+    );
+    let dsn = found[1]["timeline"].to_string();
+    assert!(dsn.contains("delivered to"), "{dsn}");
+    // With the server stopped, and after it started again.
+    assert!(s.terminate().success());
+    let stopped = cli_ok(&s, &["queue", "history", "--recipient", "OK@hist.test"]);
+    assert!(stopped.contains(&id), "{stopped}");
+    s.spawn();
+    let again = cli_ok(
+        &s,
+        &[
+            "queue",
+            "history",
+            "--sender",
+            "alice@localhost",
+            "--since",
+            "1h",
+        ],
+    );
+    assert!(again.contains(&id), "{again}");
+    let none = cli_ok(&s, &["queue", "history", "--recipient", "nobody@hist.test"]);
+    assert!(none.contains("no message found"), "{none}");
 }

@@ -89,7 +89,7 @@ fn records_go_to_the_day_file_and_are_found_by_each_selector() {
         "received from client.example [192.0.2.7] on submission without TLS, AUTH alice@example.org",
         "Message-ID <0123456789abc00000001@example.org>",
         "bob@remote.test: deferred: x-kurier; connect to 192.0.2.25:25: timed out",
-        "bob@remote.test: delivered to mx.remote.test [192.0.2.25] over TLSv1.3 TLS13_AES_128_GCM_SHA256 (certificate verified): 250 2.0.0 queued (42 ms)",
+        "bob@remote.test: delivered to mx.remote.test [192.0.2.25] over TLSv1.3 TLS13_AES_128_GCM_SHA256 (certificate verified) in 42 ms: 250 2.0.0 queued",
         "2026-12-04T12:01:01Z  left the queue: 1 delivered, 0 failed",
     ] {
         assert!(text.contains(part), "{part:?} in\n{text}");

@@ -152,18 +152,12 @@ fn events(e: &Envelope) -> Vec<Entry> {
         for a in &r.history {
             let took = a
                 .took_ms
-                .map(|ms| format!(" ({ms} ms)"))
+                .map(|ms| format!(" in {ms} ms"))
                 .unwrap_or_default();
             let text = match &a.result {
-                AttemptResult::Delivered { delivered } => {
-                    format!("{}{took}", delivered_text(delivered))
-                }
-                AttemptResult::Deferred { failure } => {
-                    format!("{}{took}", failure_text("deferred", failure))
-                }
-                AttemptResult::Failed { failure } => {
-                    format!("{}{took}", failure_text("failed", failure))
-                }
+                AttemptResult::Delivered { delivered } => delivered_text(delivered, &took),
+                AttemptResult::Deferred { failure } => failure_text("deferred", failure, &took),
+                AttemptResult::Failed { failure } => failure_text("failed", failure, &took),
                 AttemptResult::Recorded { text } => text.clone(),
             };
             out.push(entry(
@@ -234,7 +228,8 @@ fn tls_text(tls: Option<&TlsUsed>) -> String {
     }
 }
 
-fn delivered_text(d: &Delivered) -> String {
+/// `took`: ` in 12 ms`, or empty.
+fn delivered_text(d: &Delivered, took: &str) -> String {
     match d {
         Delivered::Remote {
             host,
@@ -247,23 +242,23 @@ fn delivered_text(d: &Delivered) -> String {
                 ""
             };
             format!(
-                "delivered to {host} {}{relayed}: {}",
+                "delivered to {host} {}{relayed}{took}: {}",
                 tls_text(host.tls.as_ref()),
                 reply.trim_end()
             )
         }
-        local => local.to_string(),
+        local => format!("{local}{took}"),
     }
 }
 
-fn failure_text(verb: &str, f: &Failure) -> String {
+fn failure_text(verb: &str, f: &Failure, took: &str) -> String {
     match &f.remote {
         Some(host) => format!(
-            "{verb} by {host}{}: {}",
+            "{verb} by {host}{}{took}: {}",
             tls_of_failure(host),
             f.text.trim_end()
         ),
-        None => format!("{verb}: {f}"),
+        None => format!("{verb}{took}: {f}"),
     }
 }
 
