@@ -291,6 +291,12 @@ pub enum AttemptResult {
         /// Why.
         failure: Failure,
     },
+    /// Something the delivery did on the way that is worth knowing (e.g. a refusal that
+    /// made it try the other address family).
+    Note {
+        /// In words.
+        text: String,
+    },
     /// An attempt recorded by queue format 1, which kept only a line of text.
     Recorded {
         /// The line.
@@ -392,6 +398,11 @@ impl RecipientState {
         if let Some(a) = self.history.last_mut() {
             a.took_ms = Some(duration.as_millis() as u64);
         }
+    }
+
+    /// Notes something about the attempt under way, for the history.
+    pub fn note(&mut self, at: u64, text: String) {
+        self.record(at, AttemptResult::Note { text });
     }
 
     /// The recipient was delivered.

@@ -979,3 +979,54 @@ fn history_after_delivery_a_bounce_and_a_restart() {
     let none = cli_ok(&s, &["queue", "history", "--recipient", "nobody@hist.test"]);
     assert!(none.contains("no message found"), "{none}");
 }
+
+#[test]
+fn address_families_preference_and_the_other_family_after_a_blocklist_refusal() {
+    // One MX with an IPv6 address whose server refuses this client (550 5.7.1 at MAIL, as
+    // a blocklist of the sending /64 does) and an IPv4 address whose server takes mail.
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("fam.test", Rr::Mx(10, "mx.fam.test".into())),
+        ("mx.fam.test", Rr::Aaaa(std::net::Ipv6Addr::LOCALHOST)),
+        ("mx.fam.test", Rr::A(ip)),
+    ]);
+    let _v6 = Receiver::start_on(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 25, true);
+    let v4 = Receiver::start_on(IpAddr::V4(ip), 25, false);
+
+    // Default (IPv6 first): refused over IPv6, delivered over IPv4, and the history says so.
+    let s = origin(&dns, "", "");
+    submit(&s, &["a@fam.test"], &[], "family retry");
+    let got = v4.wait_messages(1);
+    assert_eq!(got[0].0["rcpt_tos"], serde_json::json!(["a@fam.test"]));
+    wait_queue_empty(&s);
+    let text = cli_ok(&s, &["queue", "history", "--recipient", "a@fam.test"]);
+    assert!(
+        text.contains("mx.fam.test [::1] refused the sending IPv6 address (550 5.7.1")
+            && text.contains("trying the other family"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("a@fam.test: delivered to mx.fam.test [{ip}]")),
+        "{text}"
+    );
+
+    // IPv4 first: straight to the IPv4 server, no refusal on the way.
+    let s4 = origin(&dns, "address_preference = \"ipv4\"", "");
+    submit(&s4, &["b@fam.test"], &[], "ipv4 first");
+    v4.wait_messages(2);
+    wait_queue_empty(&s4);
+    let text = cli_ok(&s4, &["queue", "history", "--recipient", "b@fam.test"]);
+    assert!(!text.contains("refused the sending"), "{text}");
+    assert!(
+        text.contains(&format!("delivered to mx.fam.test [{ip}]")),
+        "{text}"
+    );
+
+    // IPv6 only: the refusal is final (there is no other family to try), a bounce follows.
+    let s6 = origin(&dns, "address_preference = \"ipv6_only\"", "");
+    submit(&s6, &["c@fam.test"], &[], "ipv6 only");
+    wait_queue_empty(&s6);
+    let dsns = wait_dsns(&s6, 1);
+    assert!(dsns[0].to_string().contains("5.7.1"), "{:#}", dsns[0]);
+    assert_eq!(v4.wait_messages(2).len(), 2, "nothing more over IPv4");
+}

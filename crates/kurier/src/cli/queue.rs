@@ -142,6 +142,7 @@ fn attempt_line(a: &Attempt) -> String {
         AttemptResult::Delivered { delivered } => delivered.to_string(),
         AttemptResult::Deferred { failure } => failure_line("deferred", failure),
         AttemptResult::Failed { failure } => failure_line("failed", failure),
+        AttemptResult::Note { text } => text.clone(),
         AttemptResult::Recorded { text } => return text.clone(),
     };
     format!("{}: {what}", rfc5322(a.at))

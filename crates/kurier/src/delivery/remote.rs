@@ -56,11 +56,14 @@ impl Engine {
                 envid: env.envid.clone(),
             };
             let started = std::time::Instant::now();
-            let results = self.outbound.deliver(&domain, &tx, body).await;
+            let attempted = self.outbound.deliver(&domain, &tx, body).await;
             let took = started.elapsed();
             let done = self.clock.now();
-            for (&i, outcome) in indexes.iter().zip(results) {
+            for (&i, outcome) in indexes.iter().zip(attempted.outcomes) {
                 let r = &mut env.recipients[i];
+                for note in &attempted.notes {
+                    r.note(done, note.clone());
+                }
                 if outcome == RemoteOutcome::Busy {
                     r.next_attempt = done + BUSY_RETRY;
                     continue;

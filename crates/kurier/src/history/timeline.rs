@@ -158,7 +158,7 @@ fn events(e: &Envelope) -> Vec<Entry> {
                 AttemptResult::Delivered { delivered } => delivered_text(delivered, &took),
                 AttemptResult::Deferred { failure } => failure_text("deferred", failure, &took),
                 AttemptResult::Failed { failure } => failure_text("failed", failure, &took),
-                AttemptResult::Recorded { text } => text.clone(),
+                AttemptResult::Note { text } | AttemptResult::Recorded { text } => text.clone(),
             };
             out.push(entry(
                 a.at,

@@ -539,16 +539,22 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(ip: std::net::Ipv4Addr) -> Receiver {
+        Receiver::start_on(std::net::IpAddr::V4(ip), 25, false)
+    }
+
+    /// On any address and port; with `refuse_mail`, MAIL FROM gets 550 5.7.1.
+    pub fn start_on(ip: std::net::IpAddr, port: u16, refuse_mail: bool) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("/usr/bin/python3")
             .arg(format!("{PEERS}/receiver.py"))
-            .args([&ip.to_string(), "25"])
+            .args([ip.to_string(), port.to_string()])
             .arg(dir.path())
+            .args(refuse_mail.then_some("refuse-mail"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_listening(std::net::SocketAddr::new(std::net::IpAddr::V4(ip), 25));
+        wait_listening(std::net::SocketAddr::new(ip, port));
         Receiver { child, dir }
     }
 

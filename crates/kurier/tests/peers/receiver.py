@@ -8,17 +8,26 @@ The reply to RCPT depends on the recipient's local part:
   other   250
 Accepted messages are saved as N.eml with N.json (envelope) in the output directory.
 It advertises no DSN, so Kurier must report success as "relayed".
-Usage: receiver.py HOST PORT OUTDIR
+With a fourth argument "refuse-mail", every MAIL FROM gets 550 5.7.1 (a blocklisted client).
+Usage: receiver.py HOST PORT OUTDIR [refuse-mail]
 """
 import asyncio, json, os, sys, time
 from aiosmtpd.controller import Controller
 
 host, port, outdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+refuse_mail = sys.argv[4:] == ["refuse-mail"]
 SLOW = 3
 seen = set()
 counter = [0]
 
 class Handler:
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if refuse_mail:
+            return "550 5.7.1 Client address %s listed (scripted)" % session.peer[0]
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@")[0].lower()
         if local.startswith("perm"):

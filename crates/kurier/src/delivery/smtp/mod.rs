@@ -23,12 +23,13 @@ use tokio_rustls::TlsConnector;
 
 use super::destination::{Admission, DeadDestination, Destinations};
 use super::outcome::{RemoteOutcome, outcomes};
-use crate::config::{Config, TlsMode};
+use crate::config::{AddressPreference, Config, TlsMode};
 use crate::dns::Lookup;
 use crate::maillog;
 use crate::stream::Conn;
 use crate::tls::client::{opportunistic, verifying};
 
+mod family;
 mod session;
 use session::{close_politely, with_tls};
 
@@ -43,6 +44,22 @@ enum Contact {
     Unreachable(String),
     /// No connection was tried (no address).
     NotTried,
+}
+
+/// What one delivery to a destination did.
+pub struct Attempted {
+    /// One outcome per recipient, in the transaction's order.
+    pub outcomes: Vec<RemoteOutcome>,
+    /// What else happened that the history should show.
+    pub notes: Vec<String>,
+}
+
+/// How one address went.
+enum Step {
+    /// A transaction ran: its result, whether the server offers DSN, the host as reached.
+    Done(kurier_smtp::client::TransactionResult, bool, RemoteHost),
+    /// The session failed.
+    Failed(kurier_smtp::client::SessionError, RemoteHost),
 }
 
 /// How long a polite close (QUIT, its reply, TLS close_notify) may take.
@@ -81,6 +98,8 @@ pub struct Outbound {
     routes: Vec<Route>,
     /// Each next hop's connections in use and whether it is dead.
     destinations: Arc<Destinations>,
+    /// Which address family first, or only.
+    preference: AddressPreference,
     pool: Mutex<HashMap<PoolKey, Vec<Idle>>>,
 }
 
@@ -136,6 +155,7 @@ impl Outbound {
             timeout: config.delivery.remote_timeout,
             routes,
             destinations: Destinations::new(config.delivery.per_destination),
+            preference: config.delivery.address_preference,
             pool: Mutex::new(HashMap::new()),
         })
     }
@@ -154,15 +174,19 @@ impl Outbound {
             .unwrap_or(self.routes.len() - 1)
     }
 
-    /// Delivers one message to the recipients of one domain; one outcome per recipient.
+    /// Delivers one message to the recipients of one domain: one outcome per recipient, and
+    /// notes for the history (a refusal that made it try the other address family).
     pub async fn deliver(
         &self,
         domain: &str,
         tx: &OutboundTransaction,
         body: &MessageData,
-    ) -> Vec<RemoteOutcome> {
+    ) -> Attempted {
         let n = tx.recipients.len();
-        let all = |o: RemoteOutcome| vec![o; n];
+        let all = |o: RemoteOutcome| Attempted {
+            outcomes: vec![o; n],
+            notes: Vec::new(),
+        };
         let route_index = self.route_for(domain);
         let route = &self.routes[route_index];
         let hosts = match &route.host {
@@ -190,16 +214,21 @@ impl Outbound {
                 ));
             }
         };
-        let (outcomes, contact) = self.deliver_to(domain, tx, body, route_index, hosts).await;
+        let mut notes = Vec::new();
+        let (outcomes, contact) = self
+            .deliver_to(domain, tx, body, route_index, hosts, &mut notes)
+            .await;
         match contact {
             Contact::Reached => slot.reached(),
             Contact::Unreachable(reason) => slot.unreachable(&reason, Instant::now()),
             Contact::NotTried => {}
         }
-        outcomes
+        Attempted { outcomes, notes }
     }
 
-    /// [`Outbound::deliver`] once the destination admitted it: each host, each address.
+    /// [`Outbound::deliver`] once the destination admitted it: each host, each address (in
+    /// the order of `delivery.address_preference`). A refusal of the sending address over
+    /// one family skips that family's other addresses and tries the other one.
     async fn deliver_to(
         &self,
         domain: &str,
@@ -207,6 +236,7 @@ impl Outbound {
         body: &MessageData,
         route_index: usize,
         hosts: Vec<String>,
+        notes: &mut Vec<String>,
     ) -> (Vec<RemoteOutcome>, Contact) {
         let n = tx.recipients.len();
         let all = |o: RemoteOutcome| vec![o; n];
@@ -217,95 +247,139 @@ impl Outbound {
             EnhancedCode(4, 4, 1),
             format!("no mail host for {domain} could be reached"),
         );
+        // The family whose address was refused (true: IPv6), and the refusal.
+        let mut refused: Option<(bool, Vec<RemoteOutcome>)> = None;
         for host in hosts {
             let ips = match self.resolver.addresses(&host).await {
-                Ok(ips) if !ips.is_empty() => ips,
-                Ok(_) => {
-                    last = RemoteOutcome::temporary(
-                        EnhancedCode(4, 4, 3),
-                        format!("{host} has no address"),
-                    );
-                    continue;
-                }
+                Ok(ips) => family::order(ips, self.preference),
                 Err(e) => {
                     last = RemoteOutcome::temporary(e.status(), e.to_string());
                     continue;
                 }
             };
+            if ips.is_empty() {
+                last = RemoteOutcome::temporary(
+                    EnhancedCode(4, 4, 3),
+                    format!("{host} has no address usable here"),
+                );
+                continue;
+            }
             for ip in ips {
+                if refused.as_ref().is_some_and(|(v6, _)| *v6 == ip.is_ipv6()) {
+                    continue;
+                }
                 let addr = SocketAddr::new(ip, route.port);
                 let mta = RemoteHost::new(host.clone(), Some(ip));
                 let key = PoolKey {
                     addr,
                     route: route_index,
                 };
-                // A pooled connection first; if it went stale, a fresh one.
-                if let Some(idle) = self.take_idle(&key) {
-                    maillog::reusing_connection(&mta);
-                    let mta = with_tls(&mta, &idle.conn, route);
-                    match self
-                        .transact(idle.conn, idle.session, tx, body, &host, route)
-                        .await
-                    {
-                        Ok((result, dsn, reusable)) => {
-                            self.give_back(key, reusable);
-                            return (outcomes(result, &mta, dsn), Contact::Reached);
+                let attempt = match self.take_idle(&key) {
+                    Some(idle) => {
+                        maillog::reusing_connection(&mta);
+                        let mta = with_tls(&mta, &idle.conn, route);
+                        match self
+                            .transact(idle.conn, idle.session, tx, body, &host, route)
+                            .await
+                        {
+                            Ok((result, dsn, reusable)) => {
+                                self.give_back(key.clone(), reusable);
+                                Some(Step::Done(result, dsn, mta))
+                            }
+                            // A pooled connection that went stale: a fresh one.
+                            Err(e) if e.reply.is_none() => None,
+                            Err(e) => Some(Step::Failed(e, mta)),
                         }
-                        Err(e) if e.reply.is_none() => {}
+                    }
+                    None => None,
+                };
+                let step = match attempt {
+                    Some(step) => step,
+                    None => match self.connect(addr, &host, route).await {
                         Err(e) => {
-                            let failed = RemoteOutcome::from_session_error(&e, &mta);
-                            return (all(failed), Contact::Reached);
+                            maillog::next_hop_failed(&mta, &e.message);
+                            tried = true;
+                            unreachable = e.message.clone();
+                            if family::address_refusal(&e).is_some() {
+                                Step::Failed(e, mta)
+                            } else {
+                                last = RemoteOutcome::from_session_error(&e, &mta);
+                                if e.try_next_host() || e.reply.is_none() {
+                                    continue;
+                                }
+                                // It answered, with a refusal: alive.
+                                return (all(last), Contact::Reached);
+                            }
                         }
-                    }
-                }
-                let (conn, session) = match self.connect(addr, &host, route).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        maillog::next_hop_failed(&mta, &e.message);
-                        last = RemoteOutcome::from_session_error(&e, &mta);
-                        tried = true;
-                        unreachable = e.message.clone();
-                        if e.try_next_host() || e.reply.is_none() {
-                            continue;
+                        Ok((conn, session)) => {
+                            let mta = with_tls(&mta, &conn, route);
+                            // The server names itself as we do: this route or MX leads back
+                            // to us.
+                            if session.capabilities().server_name == self.helo.to_ascii_lowercase()
+                            {
+                                close_politely(conn, session).await;
+                                return (all(self.looped(domain, &host, mta)), Contact::Reached);
+                            }
+                            match self.transact(conn, session, tx, body, &host, route).await {
+                                Ok((result, dsn, reusable)) => {
+                                    self.give_back(key, reusable);
+                                    Step::Done(result, dsn, mta)
+                                }
+                                Err(e) => Step::Failed(e, mta),
+                            }
                         }
-                        // It answered, with a refusal: alive.
-                        return (all(last), Contact::Reached);
-                    }
+                    },
                 };
-                let mta = with_tls(&mta, &conn, route);
-                // The server names itself as we do: this route or MX leads back to us.
-                if session.capabilities().server_name == self.helo.to_ascii_lowercase() {
-                    close_politely(conn, session).await;
-                    let looped = RemoteOutcome::Failed {
-                        permanent: true,
-                        failure: Failure {
-                            remote: Some(mta.clone()),
-                            ..Failure::local(
-                                EnhancedCode(5, 4, 6),
-                                format!(
-                                    "mail for {domain} loops back to myself ({host} greets as {})",
-                                    self.helo
-                                ),
-                            )
-                        },
-                    };
-                    return (all(looped), Contact::Reached);
+                // A refusal of the sending address: the other family, if there is one.
+                let refusal = match &step {
+                    Step::Failed(e, _) => family::address_refusal(e).cloned(),
+                    Step::Done(result, _, _) => family::mail_refusal(result).cloned(),
+                };
+                let result = match step {
+                    Step::Done(result, dsn, mta) => outcomes(result, &mta, dsn),
+                    Step::Failed(e, mta) => all(RemoteOutcome::from_session_error(&e, &mta)),
+                };
+                if let Some(reply) = refusal
+                    && family::both(self.preference)
+                    && refused.is_none()
+                {
+                    notes.push(format!(
+                        "{host} [{ip}] refused the sending {} address ({}); trying the other family",
+                        family::name(&ip),
+                        reply.to_string().trim_end()
+                    ));
+                    refused = Some((ip.is_ipv6(), result));
+                    continue;
                 }
-                let result = match self.transact(conn, session, tx, body, &host, route).await {
-                    Ok((result, dsn, reusable)) => {
-                        self.give_back(key, reusable);
-                        outcomes(result, &mta, dsn)
-                    }
-                    Err(e) => all(RemoteOutcome::from_session_error(&e, &mta)),
-                };
                 return (result, Contact::Reached);
             }
+        }
+        if let Some((_, result)) = refused {
+            notes.push("no address of the other family took the message".into());
+            return (result, Contact::Reached);
         }
         let contact = match tried {
             true => Contact::Unreachable(unreachable),
             false => Contact::NotTried,
         };
         (all(last), contact)
+    }
+
+    /// The permanent failure of a route or MX that leads back to this server.
+    fn looped(&self, domain: &str, host: &str, mta: RemoteHost) -> RemoteOutcome {
+        RemoteOutcome::Failed {
+            permanent: true,
+            failure: Failure {
+                remote: Some(mta),
+                ..Failure::local(
+                    EnhancedCode(5, 4, 6),
+                    format!(
+                        "mail for {domain} loops back to myself ({host} greets as {})",
+                        self.helo
+                    ),
+                )
+            },
+        }
     }
 
     fn take_idle(&self, key: &PoolKey) -> Option<Idle> {
