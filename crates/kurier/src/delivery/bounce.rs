@@ -50,7 +50,19 @@ impl Engine {
 
     /// Reports (DSNs), then records the state: removes a finished message, or writes its
     /// progress and books its next attempt (blocking I/O).
-    pub(super) fn finish(&self, mut env: Envelope, body: &MessageData) {
+    pub(super) fn finish(&self, env: Envelope, body: &MessageData) {
+        self.finish_after(env, body, None);
+    }
+
+    /// [`Engine::finish`] knowing the state the pass started from: when the pass only put
+    /// recipients back (their destination was busy), the queue file is not rewritten (its
+    /// older times only make a restart try them sooner).
+    pub(super) fn finish_after(
+        &self,
+        mut env: Envelope,
+        body: &MessageData,
+        before: Option<&Envelope>,
+    ) {
         self.report(&mut env, body);
         let id = env.id.clone();
         if env.is_done() {
@@ -66,7 +78,9 @@ impl Engine {
             }
             return;
         }
-        if let Err(e) = self.spool.update(&env) {
+        if !before.is_some_and(|b| only_rescheduled(b, &env))
+            && let Err(e) = self.spool.update(&env)
+        {
             tracing::error!(queue_id = %id, error = %e, "cannot record delivery progress");
         }
         if let Some(t) = env
@@ -221,5 +235,46 @@ impl Engine {
             }
             Err(e) => maillog::dsn_not_queued(&env.id, &e),
         }
+    }
+}
+
+/// True when `after` differs from `before` in next-attempt times only.
+fn only_rescheduled(before: &Envelope, after: &Envelope) -> bool {
+    if before.recipients.len() != after.recipients.len() {
+        return false;
+    }
+    let mut same = after.clone();
+    for (r, b) in same.recipients.iter_mut().zip(&before.recipients) {
+        r.next_attempt = b.next_attempt;
+    }
+    same == *before
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_pass_that_only_put_recipients_back_is_not_written() {
+        let before = Envelope::new(
+            QueueId::generate(),
+            100,
+            ReversePath::Null,
+            vec![RecipientState::new(
+                kurier_smtp::Mailbox::parse("a@b.test").unwrap(),
+                false,
+            )],
+            10,
+        );
+        let mut busy = before.clone();
+        busy.recipients[0].next_attempt = 105;
+        assert!(only_rescheduled(&before, &busy));
+        let mut tried = busy.clone();
+        tried.recipients[0].attempts += 1;
+        assert!(!only_rescheduled(&before, &tried));
+        let mut warned = busy;
+        warned.delay_warned = true;
+        assert!(!only_rescheduled(&before, &warned));
     }
 }

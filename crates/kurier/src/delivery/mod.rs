@@ -331,6 +331,7 @@ impl Engine {
             return;
         }
         let now = self.clock.now();
+        let before = env.clone();
         let engine = self.clone();
         let local_body = body.clone();
         env = match tokio::task::spawn_blocking(move || {
@@ -345,6 +346,7 @@ impl Engine {
         self.deliver_remote(&mut env, &body, now).await;
         self.expire(&mut env, self.clock.now());
         let engine = self.clone();
-        let _ = tokio::task::spawn_blocking(move || engine.finish(env, &body)).await;
+        let _ = tokio::task::spawn_blocking(move || engine.finish_after(env, &body, Some(&before)))
+            .await;
     }
 }
