@@ -1030,3 +1030,87 @@ fn address_families_preference_and_the_other_family_after_a_blocklist_refusal() 
     assert!(dsns[0].to_string().contains("5.7.1"), "{:#}", dsns[0]);
     assert_eq!(v4.wait_messages(2).len(), 2, "nothing more over IPv4");
 }
+
+#[test]
+fn a_hard_failure_is_suppressed_for_the_same_sender_until_removed() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("supp.test", Rr::Mx(10, "mx.supp.test".into())),
+        ("mx.supp.test", Rr::A(ip)),
+    ]);
+    let _rx = Receiver::start(ip);
+    let s = origin(&dns, "", "");
+    let texts =
+        |n: usize| -> Vec<String> { wait_dsns(&s, n).iter().map(|d| d.to_string()).collect() };
+    submit(&s, &["perm1@supp.test"], &[], "first");
+    wait_queue_empty(&s);
+    assert!(texts(1)[0].contains("no such user here (scripted)"));
+    let list = cli_ok(&s, &["queue", "suppress", "list"]);
+    assert!(
+        list.contains("alice@localhost -> perm1@supp.test  5.1.1: mx.supp.test")
+            && list.contains("1 suppressed address(es)"),
+        "{list}"
+    );
+    // The second message bounces at once with the earlier reason, without asking the server.
+    let asked = s.log().matches("mta=mx.supp.test").count();
+    submit(&s, &["perm1@supp.test"], &[], "second");
+    wait_queue_empty(&s);
+    let second = texts(2)
+        .into_iter()
+        .find(|t| t.contains("not sent"))
+        .unwrap();
+    assert!(
+        second.contains("it was refused on") && second.contains("5.1.1"),
+        "{second}"
+    );
+    assert_eq!(
+        s.log().matches("mta=mx.supp.test").count(),
+        asked,
+        "{}",
+        s.log()
+    );
+    // Removed: the server is asked again.
+    cli_ok(
+        &s,
+        &[
+            "queue",
+            "suppress",
+            "remove",
+            "alice@localhost",
+            "perm1@supp.test",
+        ],
+    );
+    assert!(
+        cli_err(
+            &s,
+            &[
+                "queue",
+                "suppress",
+                "remove",
+                "alice@localhost",
+                "perm1@supp.test"
+            ]
+        )
+        .contains("not on the suppression list")
+    );
+    submit(&s, &["perm1@supp.test"], &[], "third");
+    wait_queue_empty(&s);
+    texts(3);
+    assert!(s.log().matches("mta=mx.supp.test").count() > asked);
+    // Added by hand: bounced without a connection.
+    cli_ok(
+        &s,
+        &[
+            "queue",
+            "suppress",
+            "add",
+            "alice@localhost",
+            "ok@supp.test",
+            "--reason",
+            "typo",
+        ],
+    );
+    submit(&s, &["ok@supp.test"], &[], "fourth");
+    wait_queue_empty(&s);
+    assert!(texts(4).iter().any(|t| t.contains("(typo)")));
+}

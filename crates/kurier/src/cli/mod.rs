@@ -7,6 +7,7 @@ pub mod config;
 pub mod dkim;
 pub mod history;
 pub mod queue;
+pub mod suppress;
 pub mod user;
 
 use crate::config::Config;

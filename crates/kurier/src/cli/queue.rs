@@ -53,6 +53,11 @@ pub enum QueueCmd {
     /// What happened to messages, also after they left the queue (kept for
     /// delivery.history_keep): reception, each attempt, reports, the outcome.
     History(super::history::HistoryArgs),
+    /// The suppression list: addresses a remote server said do not exist, per local sender.
+    Suppress {
+        #[command(subcommand)]
+        cmd: super::suppress::SuppressCmd,
+    },
 }
 
 /// Carries out a `kurier queue` command and prints its answer.
@@ -61,6 +66,7 @@ pub fn run(cmd: &QueueCmd, config: &Config, data_dir: &DataDir) -> anyhow::Resul
     let run = |q: Q| control::run(data_dir, q, &history);
     let out = match cmd {
         QueueCmd::History(args) => super::history::run(args, data_dir)?,
+        QueueCmd::Suppress { cmd } => super::suppress::run(cmd, data_dir)?,
         QueueCmd::List => list(data_dir)?,
         QueueCmd::Show { id } => show(data_dir, &parse_id(id)?)?,
         QueueCmd::Flush { id: Some(id), .. } => run(Q::Flush(Some(parse_id(id)?)))?,

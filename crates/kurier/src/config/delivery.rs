@@ -41,6 +41,11 @@ pub struct DeliveryConfig {
     pub history_size: u64,
     /// Which address family to connect over first, or only.
     pub address_preference: AddressPreference,
+    /// How long a remote "no such address" (5.1.x, 5.2.1) for a local sender's mail is
+    /// remembered: mail from that sender to that address bounces at once meanwhile. "0s"
+    /// turns the suppression list off.
+    #[serde(with = "duration::text")]
+    pub suppress_for: Duration,
 }
 
 /// Which address family outbound connections use first, or only.
@@ -122,6 +127,7 @@ impl Default for DeliveryConfig {
             history_keep: Duration::from_secs(7 * 24 * 3600),
             history_size: 1024 * 1024 * 1024,
             address_preference: AddressPreference::Any,
+            suppress_for: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -46,6 +46,7 @@ pub mod outcome;
 pub mod remote;
 pub mod scheduler;
 pub mod smtp;
+pub mod suppress;
 #[cfg(test)]
 mod tests;
 
@@ -151,6 +152,8 @@ pub struct Setup {
     pub dead_destinations: std::path::PathBuf,
     /// Where messages that leave the queue are recorded.
     pub history: Arc<History>,
+    /// Addresses that do not exist, per local sender.
+    pub suppressions: Arc<suppress::SuppressionList>,
 }
 
 /// The engine's shared state.
@@ -167,6 +170,7 @@ pub struct Engine {
     enabled: bool,
     dead_destinations: std::path::PathBuf,
     history: Arc<History>,
+    suppressions: Arc<suppress::SuppressionList>,
 }
 
 /// Starts the workers and the retry timer, and queues what recovery found. With
@@ -277,6 +281,7 @@ impl Engine {
             recovered,
             dead_destinations,
             history,
+            suppressions,
         } = setup;
         let engine = Engine {
             spool,
@@ -291,6 +296,7 @@ impl Engine {
             locks: Mutex::new(HashMap::new()),
             dead_destinations,
             history,
+            suppressions,
         };
         (engine, recovered)
     }

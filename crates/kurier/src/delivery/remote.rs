@@ -3,13 +3,16 @@
 
 use std::collections::BTreeMap;
 
+use kurier_smtp::Mailbox;
 use kurier_smtp::client::{OutboundRecipient, OutboundTransaction};
-use kurier_spool::{Delivered, Envelope, MessageData};
+use kurier_spool::{Delivered, Envelope, Failure, MessageData};
 
 use super::Engine;
 use super::outcome::RemoteOutcome;
 use super::scheduler::next_attempt;
+use super::suppress::{self, Suppressed};
 use crate::maillog;
+use crate::time::rfc5322;
 
 /// How long recipients wait when their destination had no free connection (seconds).
 const BUSY_RETRY: u64 = 5;
@@ -18,8 +21,26 @@ impl Engine {
     /// Remote recipients over SMTP, one transaction per destination domain.
     pub(super) async fn deliver_remote(&self, env: &mut Envelope, body: &MessageData, now: u64) {
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, r) in env.recipients.iter().enumerate() {
+        let sender = self.suppressing_for(env);
+        for (i, r) in env.recipients.iter_mut().enumerate() {
             if r.is_pending() && !r.local && r.next_attempt <= now {
+                if let Some((sender, since)) = &sender
+                    && let Some(s) = self.suppressions.find(sender, &r.address, *since)
+                {
+                    let failure = Failure::local(
+                        s.status,
+                        format!(
+                            "<{}>: not sent: it was refused on {} ({}); kurier queue suppress remove allows it again",
+                            r.address,
+                            rfc5322(s.at),
+                            s.reason
+                        ),
+                    );
+                    r.attempts += 1;
+                    maillog::delivery_failed(&env.id, &r.address, &failure);
+                    r.failed(now, failure);
+                    continue;
+                }
                 // Domains are kept in lower case (RFC 5321 §2.4).
                 groups
                     .entry(r.address.domain().as_str().to_string())
@@ -87,6 +108,11 @@ impl Engine {
                         failure,
                     } => {
                         maillog::delivery_failed(&env.id, &r.address, &failure);
+                        if let Some((from, _)) = &sender
+                            && suppress::is_hard_address_failure(&failure)
+                        {
+                            self.suppress(from, &r.address, &failure, done);
+                        }
                         r.failed(done, failure);
                     }
                     RemoteOutcome::Failed {
@@ -101,6 +127,35 @@ impl Engine {
                 }
                 r.took(took);
             }
+        }
+    }
+}
+
+impl Engine {
+    /// The local sender whose hard failures are remembered, and since when they count;
+    /// `None` when the list is off or the sender is not one of ours.
+    fn suppressing_for(&self, env: &Envelope) -> Option<(Mailbox, u64)> {
+        let period = self.config.delivery.suppress_for.as_secs();
+        let sender = env.sender.mailbox()?;
+        (period > 0 && self.directory.is_local_domain(sender.domain()))
+            .then(|| (sender.clone(), self.clock.now().saturating_sub(period)))
+    }
+
+    /// Remembers a hard failure (a failure to write is logged; delivery goes on).
+    fn suppress(&self, sender: &Mailbox, rcpt: &Mailbox, failure: &Failure, at: u64) {
+        let entry = Suppressed {
+            sender: sender.to_string(),
+            recipient: rcpt.to_string(),
+            at,
+            status: failure.status,
+            reason: match &failure.remote {
+                Some(host) => format!("{host} said: {}", failure.text.trim_end()),
+                None => failure.text.trim_end().to_string(),
+            },
+        };
+        let expired = at.saturating_sub(self.config.delivery.suppress_for.as_secs());
+        if let Err(e) = self.suppressions.add(entry, expired) {
+            tracing::warn!(error = %e, "cannot write the suppression list");
         }
     }
 }

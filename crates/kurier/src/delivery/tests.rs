@@ -83,6 +83,7 @@ fn rig_with(local: Option<Arc<dyn LocalDelivery>>) -> Rig {
         recovered: Vec::new(),
         dead_destinations: data.path().join("dead-destinations.json"),
         history: Arc::new(crate::history::History::off()),
+        suppressions: Arc::new(super::suppress::SuppressionList::new(data.path())),
     });
     Rig {
         engine: Arc::new(engine),

@@ -221,6 +221,9 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
             recovered: recovery.queued,
             dead_destinations: data_dir.dead_destinations(),
             history: Arc::new(crate::history::History::configured(&config, &data_dir)),
+            suppressions: Arc::new(crate::delivery::suppress::SuppressionList::new(
+                data_dir.root(),
+            )),
         },
         stop.clone(),
         &workers,
