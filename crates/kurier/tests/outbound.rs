@@ -897,6 +897,18 @@ fn a_blackholed_destination_does_not_hold_up_the_others() {
     let list = cli_ok(&s, &["queue", "list"]);
     assert_eq!(list.matches("@dead.test").count(), 20, "{list}");
     assert!(!list.contains("@live.test"), "{list}");
+    // The view by destination: one line for the route's host, none for the healthy one.
+    let by = cli_ok(&s, &["queue", "list", "--destinations"]);
+    let line = by
+        .lines()
+        .find(|l| l.starts_with(&dead_ip.to_string()))
+        .unwrap_or_default();
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols.get(1..3), Some(&["20", "20"][..]), "{by}");
+    assert!(
+        by.contains("1 destination(s)") && !by.contains(&live_ip.to_string()),
+        "{by}"
+    );
 }
 
 #[test]
@@ -1113,4 +1125,31 @@ fn a_hard_failure_is_suppressed_for_the_same_sender_until_removed() {
     submit(&s, &["ok@supp.test"], &[], "fourth");
     wait_queue_empty(&s);
     assert!(texts(4).iter().any(|t| t.contains("(typo)")));
+}
+
+#[test]
+fn a_rate_limit_spaces_deliveries_to_its_destination() {
+    let ip = next_loopback();
+    let dns = TestDns::start(vec![
+        ("rate.test", Rr::Mx(10, "mx.rate.test".into())),
+        ("mx.rate.test", Rr::A(ip)),
+    ]);
+    let rx = Receiver::start(ip);
+    // 30 a minute: at least 2 s between two deliveries.
+    let s = origin(&dns, "[delivery.rate_limits]\n\"rate.test\" = 30", "");
+    let rcpts: Vec<String> = (0..3).map(|i| format!("r{i}@rate.test")).collect();
+    submit_each(&s, &rcpts);
+    rx.wait_messages(3);
+    let mut times: Vec<u64> = list(rx.dir.path())
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.split('-').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    times.sort();
+    for pair in times.windows(2) {
+        assert!(pair[1] - pair[0] >= 1900, "{times:?}");
+    }
 }

@@ -16,7 +16,12 @@ use crate::time::{rfc5322, unix_now};
 #[derive(Subcommand)]
 pub enum QueueCmd {
     /// List queued messages with their recipients' state.
-    List,
+    List {
+        /// One line per destination instead (next hop: a route's host or the recipient
+        /// domain): messages, recipients, the oldest, the last error, dead or not.
+        #[arg(long)]
+        destinations: bool,
+    },
     /// Show one message: envelope, recipients, every recorded attempt.
     Show {
         /// The queue id.
@@ -67,7 +72,10 @@ pub fn run(cmd: &QueueCmd, config: &Config, data_dir: &DataDir) -> anyhow::Resul
     let out = match cmd {
         QueueCmd::History(args) => super::history::run(args, data_dir)?,
         QueueCmd::Suppress { cmd } => super::suppress::run(cmd, data_dir)?,
-        QueueCmd::List => list(data_dir)?,
+        QueueCmd::List {
+            destinations: false,
+        } => list(data_dir)?,
+        QueueCmd::List { destinations: true } => by_destination(config, data_dir)?,
         QueueCmd::Show { id } => show(data_dir, &parse_id(id)?)?,
         QueueCmd::Flush { id: Some(id), .. } => run(Q::Flush(Some(parse_id(id)?)))?,
         QueueCmd::Flush {
@@ -201,6 +209,77 @@ pub fn list(data_dir: &DataDir) -> Result<String, QueueError> {
             d.until.saturating_sub(now)
         )));
     }
+    Ok(out)
+}
+
+/// `kurier queue list --destinations`: pending recipients counted by destination.
+pub fn by_destination(config: &Config, data_dir: &DataDir) -> Result<String, QueueError> {
+    #[derive(Default)]
+    struct Count {
+        messages: usize,
+        recipients: usize,
+        oldest: u64,
+        last_error: Option<String>,
+    }
+    let spool = Spool::attach(data_dir.spool());
+    let now = unix_now();
+    let ids = match spool.ids() {
+        Ok(ids) => ids,
+        Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut counts: std::collections::BTreeMap<String, Count> = Default::default();
+    for id in &ids {
+        let env = match spool.envelope(id) {
+            Ok(e) => e,
+            Err(SpoolError::NotFound(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for r in env.recipients.iter().filter(|r| r.is_pending()) {
+            let name = match r.local {
+                true => "(local mailboxes)".to_string(),
+                false => crate::config::destination_of(&config.routes, r.address.domain().as_str()),
+            };
+            let c = counts.entry(name.clone()).or_default();
+            c.recipients += 1;
+            if seen.insert(name) {
+                c.messages += 1;
+                c.oldest = c.oldest.max(now.saturating_sub(env.received_at));
+            }
+            if let Some(f) = &r.last_failure {
+                c.last_error = Some(f.to_string());
+            }
+        }
+    }
+    let dead = crate::delivery::destination::published(&data_dir.dead_destinations(), now);
+    let mut out = format!(
+        "{:<30}  {:>8}  {:>10}  {:>6}  State\n",
+        "Destination", "Messages", "Recipients", "Oldest"
+    );
+    for (name, c) in &counts {
+        let state = match dead.iter().find(|d| d.name == *name) {
+            Some(d) => format!(
+                "dead ({} failures, last: {}); next try in {} s",
+                d.failures,
+                d.reason,
+                d.until.saturating_sub(now)
+            ),
+            None => match &c.last_error {
+                Some(e) => format!("last error: {e}"),
+                None => "waiting".into(),
+            },
+        };
+        out.push_str(&format!(
+            "{name:<30}  {:>8}  {:>10}  {:>6}  {state}\n",
+            c.messages,
+            c.recipients,
+            age(c.oldest)
+        ));
+    }
+    out.push_str(&format!("{} destination(s)\n", counts.len()));
     Ok(out)
 }
 

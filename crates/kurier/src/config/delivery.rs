@@ -41,6 +41,9 @@ pub struct DeliveryConfig {
     pub history_size: u64,
     /// Which address family to connect over first, or only.
     pub address_preference: AddressPreference,
+    /// Messages per minute to one destination (a route's host or a recipient domain), by
+    /// name; `*` for every other one; 0 or absent: no limit.
+    pub rate_limits: std::collections::BTreeMap<String, u32>,
     /// How long a remote "no such address" (5.1.x, 5.2.1) for a local sender's mail is
     /// remembered: mail from that sender to that address bounces at once meanwhile. "0s"
     /// turns the suppression list off.
@@ -127,7 +130,28 @@ impl Default for DeliveryConfig {
             history_keep: Duration::from_secs(7 * 24 * 3600),
             history_size: 1024 * 1024 * 1024,
             address_preference: AddressPreference::Any,
+            rate_limits: std::collections::BTreeMap::new(),
             suppress_for: Duration::from_secs(7 * 24 * 3600),
         }
     }
+}
+
+/// Which of `routes` (each given by its domains) serves `domain`: the first that names it,
+/// else the first with `*`; `None`: MX delivery.
+pub fn route_position<'a>(
+    mut routes: impl Iterator<Item = &'a [String]> + Clone,
+    domain: &str,
+) -> Option<usize> {
+    routes
+        .clone()
+        .position(|ds| ds.iter().any(|d| d.eq_ignore_ascii_case(domain)))
+        .or_else(|| routes.position(|ds| ds.iter().any(|d| d == "*")))
+}
+
+/// The destination (next hop) of mail for `domain`: a route's host, or the domain itself
+/// for MX delivery. Its limits and dead-or-alive state are per destination.
+pub fn destination_of(routes: &[RouteConfig], domain: &str) -> String {
+    route_position(routes.iter().map(|r| r.domains.as_slice()), domain)
+        .and_then(|i| routes[i].host.clone())
+        .unwrap_or_else(|| domain.to_ascii_lowercase())
 }

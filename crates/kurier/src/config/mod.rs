@@ -16,7 +16,9 @@ use thiserror::Error;
 mod delivery;
 pub mod duration;
 
-pub use delivery::{AddressPreference, DeliveryConfig, RouteConfig, TlsMode};
+pub use delivery::{
+    AddressPreference, DeliveryConfig, RouteConfig, TlsMode, destination_of, route_position,
+};
 mod validate;
 
 /// A configuration problem, naming the offending key.

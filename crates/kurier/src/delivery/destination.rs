@@ -8,8 +8,12 @@
 //! greeting, a failed handshake) is dead for a while: its mail is deferred at once instead
 //! of spending a timeout on every message. When the while is over, one delivery probes it;
 //! success makes it alive again, failure dead for twice as long (up to [`DEAD_MAX`]).
+//!
+//! A destination may also have a rate (`delivery.rate_limits`, messages per minute; some
+//! large receivers block senders that go faster): deliveries to it start at least
+//! 60 s / rate apart, and one that comes too early is put back like a busy one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,12 +69,23 @@ struct State {
     reason: String,
     /// A delivery is probing the destination after its dead time.
     probing: bool,
+    /// With a rate limit: the next delivery may not start before this.
+    next_start: Option<Instant>,
+}
+
+impl State {
+    /// Nothing worth remembering: not in use, no failures, no pacing under way.
+    fn forgettable(&self, now: Instant) -> bool {
+        self.busy == 0 && self.failures == 0 && self.next_start.is_none_or(|t| t <= now)
+    }
 }
 
 /// The destinations with mail in flight or a recent failure.
 #[derive(Debug)]
 pub struct Destinations {
     per_destination: usize,
+    /// Messages per minute, by destination name; `*` for all others.
+    rates: BTreeMap<String, u32>,
     states: Mutex<HashMap<String, State>>,
 }
 
@@ -88,7 +103,7 @@ impl Drop for Slot {
             s.busy = s.busy.saturating_sub(1);
             s.probing = false;
             // Nothing to remember about a healthy destination nobody uses.
-            if s.busy == 0 && s.failures == 0 {
+            if s.forgettable(Instant::now()) {
                 states.remove(&self.name);
             }
         }
@@ -123,12 +138,28 @@ impl Slot {
 }
 
 impl Destinations {
-    /// At most `per_destination` connections at once to each.
-    pub fn new(per_destination: usize) -> Arc<Destinations> {
+    /// At most `per_destination` connections at once to each, and at most `rates`
+    /// messages a minute to those named there (`*`: every other one; 0: no limit).
+    pub fn new(per_destination: usize, rates: BTreeMap<String, u32>) -> Arc<Destinations> {
+        let rates = rates
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         Arc::new(Destinations {
             per_destination: per_destination.max(1),
+            rates,
             states: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The time between two deliveries to `name`, if it has a rate.
+    fn spacing(&self, name: &str) -> Option<Duration> {
+        let rate = self
+            .rates
+            .get(name)
+            .or_else(|| self.rates.get("*"))
+            .copied()?;
+        (rate > 0).then(|| Duration::from_secs(60) / rate)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
@@ -141,8 +172,11 @@ impl Destinations {
         if states.len() >= MAX_REMEMBERED && !states.contains_key(name) {
             // Failures of destinations that are neither dead nor in use are forgotten
             // first, so the map stays bounded however many domains are mailed.
-            states.retain(|_, s| s.busy > 0 || s.dead_until.is_some());
+            states.retain(|_, s| {
+                s.busy > 0 || s.dead_until.is_some() || s.next_start.is_some_and(|t| t > now)
+            });
         }
+        let spacing = self.spacing(name);
         let s = states.entry(name.to_string()).or_default();
         if let Some(until) = s.dead_until {
             if now < until || s.probing || s.busy > 0 {
@@ -153,8 +187,11 @@ impl Destinations {
             }
             // Its time is over: this delivery probes it, the others wait for the result.
             s.probing = true;
-        } else if s.busy >= self.per_destination {
+        } else if s.busy >= self.per_destination || s.next_start.is_some_and(|t| now < t) {
             return Admission::Busy;
+        }
+        if let Some(gap) = spacing {
+            s.next_start = Some(now + gap);
         }
         s.busy += 1;
         Admission::Go(Slot {
@@ -217,6 +254,32 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    #[test]
+    fn a_rate_spaces_deliveries_and_applies_per_destination() {
+        let rates = BTreeMap::from([("Slow.test".to_string(), 6), ("*".to_string(), 0)]);
+        let d = Destinations::new(4, rates);
+        let t0 = Instant::now();
+        let Admission::Go(first) = d.admit("slow.test", t0) else {
+            panic!("the first goes")
+        };
+        drop(first);
+        // 6 a minute: one each 10 s, even with free connections.
+        assert!(matches!(
+            d.admit("slow.test", t0 + Duration::from_secs(9)),
+            Admission::Busy
+        ));
+        assert!(matches!(d.admit("fast.test", t0), Admission::Go(_)));
+        assert!(matches!(d.admit("fast.test", t0), Admission::Go(_)));
+        assert!(matches!(
+            d.admit("slow.test", t0 + Duration::from_secs(10)),
+            Admission::Go(_)
+        ));
+        assert!(matches!(
+            d.admit("slow.test", t0 + Duration::from_secs(11)),
+            Admission::Busy
+        ));
+    }
+
     fn go(a: Admission) -> Slot {
         match a {
             Admission::Go(s) => s,
@@ -226,7 +289,7 @@ mod tests {
 
     #[test]
     fn a_full_destination_says_busy_and_others_go_on() {
-        let d = Destinations::new(2);
+        let d = Destinations::new(2, BTreeMap::new());
         let now = Instant::now();
         let a = go(d.admit("slow.test", now));
         let _b = go(d.admit("slow.test", now));
@@ -239,7 +302,7 @@ mod tests {
 
     #[test]
     fn dead_after_failures_then_probed_once_and_alive_again() {
-        let d = Destinations::new(4);
+        let d = Destinations::new(4, BTreeMap::new());
         let t0 = Instant::now();
         for i in 0..DEAD_AFTER {
             let s = go(d.admit("dead.test", t0));
@@ -282,7 +345,7 @@ mod tests {
 
     #[test]
     fn the_dead_time_stops_growing() {
-        let d = Destinations::new(1);
+        let d = Destinations::new(1, BTreeMap::new());
         let mut now = Instant::now();
         for _ in 0..40 {
             if let Admission::Go(s) = d.admit("x.test", now) {
@@ -297,7 +360,7 @@ mod tests {
     fn dead_destinations_are_published_and_read_back_while_dead() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("dead.json");
-        let d = Destinations::new(1);
+        let d = Destinations::new(1, BTreeMap::new());
         let now = Instant::now();
         for _ in 0..DEAD_AFTER {
             if let Admission::Go(s) = d.admit("mx.dead.test", now) {

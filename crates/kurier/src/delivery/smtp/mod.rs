@@ -154,7 +154,10 @@ impl Outbound {
             helo: config.hostname.clone(),
             timeout: config.delivery.remote_timeout,
             routes,
-            destinations: Destinations::new(config.delivery.per_destination),
+            destinations: Destinations::new(
+                config.delivery.per_destination,
+                config.delivery.rate_limits.clone(),
+            ),
             preference: config.delivery.address_preference,
             pool: Mutex::new(HashMap::new()),
         })
@@ -162,15 +165,7 @@ impl Outbound {
 
     /// The route for a domain: an exact match, else a `*` route.
     fn route_for(&self, domain: &str) -> usize {
-        let domain = domain.to_ascii_lowercase();
-        self.routes
-            .iter()
-            .position(|r| r.domains.contains(&domain))
-            .or_else(|| {
-                self.routes
-                    .iter()
-                    .position(|r| r.domains.iter().any(|d| d == "*"))
-            })
+        crate::config::route_position(self.routes.iter().map(|r| r.domains.as_slice()), domain)
             .unwrap_or(self.routes.len() - 1)
     }
 
