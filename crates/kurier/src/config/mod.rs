@@ -77,6 +77,10 @@ pub struct Config {
     /// Separator for address extensions: with "+", alice+lists@example.org goes to
     /// alice@example.org. Empty turns it off.
     pub recipient_delimiter: String,
+    /// Clients in these networks may relay (send to other domains) without AUTH, as
+    /// Postfix's `mynetworks` allows: for applications and hosts of one's own. Empty by
+    /// default: only authenticated users relay.
+    pub relay_networks: Vec<ipnet::IpNet>,
     /// Sockets to listen on, each with a role.
     pub listeners: Vec<ListenerConfig>,
     /// TLS certificate; without one, a self-signed certificate is generated in
@@ -392,6 +396,7 @@ impl Default for Config {
             domains: vec!["localhost".into()],
             run_as: None,
             recipient_delimiter: "+".into(),
+            relay_networks: Vec::new(),
             listeners: vec![
                 listener(2525, RoleName::Smtp),
                 listener(2587, RoleName::Submission),

@@ -155,7 +155,7 @@ impl Policy {
 
     /// RCPT TO: local users, aliases and postmaster are accepted; unknown local users get
     /// 550 5.1.1 now (not a bounce later, which would be backscatter); remote domains need
-    /// AUTH. Unauthenticated mail on the `smtp` role may be greylisted (451 4.7.1).
+    /// AUTH or a client in `relay_networks`. Unauthenticated mail on the `smtp` role may be greylisted (451 4.7.1).
     pub async fn check_rcpt(
         &self,
         to: &ForwardPath,
@@ -176,6 +176,15 @@ impl Policy {
                 format!("<{m}>: Recipient address rejected: no such user here"),
             )),
             Resolution::Remote if client.auth.is_some() => Verdict::Accept,
+            Resolution::Remote
+                if self
+                    .config
+                    .relay_networks
+                    .iter()
+                    .any(|n| n.contains(&client.ip)) =>
+            {
+                Verdict::Accept
+            }
             Resolution::Remote => Verdict::Reject(Reply::new(
                 554,
                 codes::NOT_AUTHORIZED,

@@ -122,6 +122,20 @@ async fn relay_and_recipient_decisions() {
 }
 
 #[tokio::test]
+async fn relay_networks_relay_without_auth_and_nobody_else() {
+    let (_dir, p, _) = policy("relay_networks = [\"10.1.0.0/16\", \"2001:db8::/32\"]");
+    let app = client([10, 1, 2, 3], Role::Smtp, None);
+    let v = transaction(&p, &app, "<app@example.test>", "<someone@remote.test>").await;
+    assert_eq!(v, Verdict::Accept);
+    let outside = client([10, 2, 0, 1], Role::Smtp, None);
+    let v = transaction(&p, &outside, "<x@remote.test>", "<someone@remote.test>").await;
+    assert_eq!(refused(v), (554, "5.7.1".into()));
+    // Local recipients are still checked for them.
+    let v = transaction(&p, &app, "<app@example.test>", "<carol@example.test>").await;
+    assert_eq!(refused(v), (550, "5.1.1".into()));
+}
+
+#[tokio::test]
 async fn an_authenticated_user_sends_only_as_an_address_of_their_own() {
     let (_dir, p, _) = policy("[senders]\n\"bob@example.test\" = [\"info@example.test\"]\n");
     let alice = client([192, 0, 2, 1], Role::Submission, Some("alice@example.test"));
