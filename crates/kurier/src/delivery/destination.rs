@@ -9,6 +9,10 @@
 //! of spending a timeout on every message. When the while is over, one delivery probes it;
 //! success makes it alive again, failure dead for twice as long (up to [`DEAD_MAX`]).
 //!
+//! A message put back because its destination was busy waits in that destination's line:
+//! when a connection's slot is given back, the first message in line is handed to the
+//! engine at once ([`Destinations::on_free`]); the put-back time is only the fallback.
+//!
 //! A destination may also have a rate (`delivery.rate_limits`, messages per minute; some
 //! large receivers block senders that go faster): deliveries to it start at least
 //! 60 s / rate apart, and one that comes too early is put back like a busy one.
@@ -71,12 +75,17 @@ struct State {
     probing: bool,
     /// With a rate limit: the next delivery may not start before this.
     next_start: Option<Instant>,
+    /// Messages put back while it was busy, first come first.
+    waiting: std::collections::VecDeque<kurier_spool::QueueId>,
 }
 
 impl State {
     /// Nothing worth remembering: not in use, no failures, no pacing under way.
     fn forgettable(&self, now: Instant) -> bool {
-        self.busy == 0 && self.failures == 0 && self.next_start.is_none_or(|t| t <= now)
+        self.busy == 0
+            && self.failures == 0
+            && self.waiting.is_empty()
+            && self.next_start.is_none_or(|t| t <= now)
     }
 }
 
@@ -87,7 +96,13 @@ pub struct Destinations {
     /// Messages per minute, by destination name; `*` for all others.
     rates: BTreeMap<String, u32>,
     states: Mutex<HashMap<String, State>>,
+    /// Where a message whose destination has a free slot again is sent.
+    free: Mutex<Option<tokio::sync::mpsc::UnboundedSender<kurier_spool::QueueId>>>,
 }
+
+/// Messages remembered in one destination's line at most (the rest wait for their
+/// put-back time).
+const MAX_WAITING: usize = 10_000;
 
 /// One connection's worth of a destination's limit.
 #[derive(Debug)]
@@ -102,6 +117,9 @@ impl Drop for Slot {
         if let Some(s) = states.get_mut(&self.name) {
             s.busy = s.busy.saturating_sub(1);
             s.probing = false;
+            if let Some(next) = s.waiting.pop_front() {
+                self.owner.wake(next);
+            }
             // Nothing to remember about a healthy destination nobody uses.
             if s.forgettable(Instant::now()) {
                 states.remove(&self.name);
@@ -149,7 +167,30 @@ impl Destinations {
             per_destination: per_destination.max(1),
             rates,
             states: Mutex::new(HashMap::new()),
+            free: Mutex::new(None),
         })
+    }
+
+    /// Where messages go when their destination has a slot again.
+    pub fn on_free(&self, to: tokio::sync::mpsc::UnboundedSender<kurier_spool::QueueId>) {
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) = Some(to);
+    }
+
+    fn wake(&self, id: kurier_spool::QueueId) {
+        if let Some(to) = self.free.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = to.send(id);
+        }
+    }
+
+    /// Puts a message in the line of a destination that was busy.
+    pub fn wait_for(&self, name: &str, id: &kurier_spool::QueueId) {
+        let mut states = self.lock();
+        if let Some(s) = states.get_mut(name)
+            && s.waiting.len() < MAX_WAITING
+            && !s.waiting.contains(id)
+        {
+            s.waiting.push_back(id.clone());
+        }
     }
 
     /// The time between two deliveries to `name`, if it has a rate.
@@ -253,6 +294,25 @@ pub fn published(path: &std::path::Path, now: u64) -> Vec<DeadDestination> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_message_put_back_for_a_busy_destination_comes_back_when_a_slot_is_free() {
+        let d = Destinations::new(1, BTreeMap::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        d.on_free(tx);
+        let t0 = Instant::now();
+        let Admission::Go(slot) = d.admit("x.test", t0) else {
+            panic!("the first goes")
+        };
+        assert!(matches!(d.admit("x.test", t0), Admission::Busy));
+        let id = kurier_spool::QueueId::generate();
+        d.wait_for("x.test", &id);
+        d.wait_for("x.test", &id);
+        assert!(rx.try_recv().is_err());
+        drop(slot);
+        assert_eq!(rx.try_recv().ok(), Some(id));
+        assert!(rx.try_recv().is_err(), "once in line");
+    }
 
     #[test]
     fn a_rate_spaces_deliveries_and_applies_per_destination() {

@@ -218,6 +218,31 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
             engine.schedule(env.id.clone(), t.max(now));
         }
     }
+    // A message put back because its destination was busy comes back as soon as one of
+    // the destination's connections is free.
+    let (free_tx, mut free_rx) = mpsc::unbounded_channel::<QueueId>();
+    engine.outbound.on_free(free_tx);
+    let (free_engine, free_jobs, free_stop) = (engine.clone(), tx.clone(), stop.clone());
+    tracker.spawn(async move {
+        loop {
+            let id = tokio::select! {
+                id = free_rx.recv() => id,
+                _ = free_stop.cancelled() => None,
+            };
+            let Some(id) = id else { break };
+            let e = free_engine.clone();
+            let loaded = tokio::task::spawn_blocking(move || e.spool.envelope(&id)).await;
+            if let Ok(Ok(envelope)) = loaded {
+                let job = Job {
+                    envelope,
+                    body: None,
+                };
+                if free_jobs.send(job).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
     let (timer_engine, timer_tx) = (engine.clone(), tx.clone());
     tracker.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -77,7 +77,7 @@ impl Engine {
                 envid: env.envid.clone(),
             };
             let started = std::time::Instant::now();
-            let attempted = self.outbound.deliver(&domain, &tx, body).await;
+            let attempted = self.outbound.deliver(&env.id, &domain, &tx, body).await;
             let took = started.elapsed();
             let done = self.clock.now();
             for (&i, outcome) in indexes.iter().zip(attempted.outcomes) {

@@ -173,6 +173,7 @@ impl Outbound {
     /// notes for the history (a refusal that made it try the other address family).
     pub async fn deliver(
         &self,
+        id: &kurier_spool::QueueId,
         domain: &str,
         tx: &OutboundTransaction,
         body: &MessageData,
@@ -198,7 +199,10 @@ impl Outbound {
             .unwrap_or_else(|| domain.to_ascii_lowercase());
         let slot = match self.destinations.admit(&destination, Instant::now()) {
             Admission::Go(slot) => slot,
-            Admission::Busy => return all(RemoteOutcome::Busy),
+            Admission::Busy => {
+                self.destinations.wait_for(&destination, id);
+                return all(RemoteOutcome::Busy);
+            }
             Admission::Dead { left, reason } => {
                 return all(RemoteOutcome::temporary(
                     EnhancedCode(4, 4, 1),
@@ -393,6 +397,11 @@ impl Outbound {
                 since: Instant::now(),
             });
         }
+    }
+
+    /// Where a message put back for a busy destination goes when a slot is free.
+    pub fn on_free(&self, to: tokio::sync::mpsc::UnboundedSender<kurier_spool::QueueId>) {
+        self.destinations.on_free(to);
     }
 
     /// The destinations that are dead now.
