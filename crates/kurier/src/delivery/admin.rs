@@ -59,6 +59,9 @@ impl Engine {
         id: &QueueId,
         cmd: QueueCommand,
     ) -> Result<String, String> {
+        // Jobs made before this command no longer know the current state.
+        self.commands
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
         let engine = self.clone();

@@ -22,6 +22,7 @@
 //! to the Maildirs before the `250` and never touches the spool.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub struct Job {
     pub envelope: Envelope,
     /// Its bytes, when the receiver still has them.
     pub body: Option<Arc<Vec<u8>>>,
+    /// The engine's count of queue commands when the envelope was current (a message just
+    /// accepted): while no command has run since, the spool need not be read again.
+    pub as_of: Option<u64>,
 }
 
 /// Handle for handing messages to delivery and running queue commands; cheap to clone.
@@ -80,6 +84,7 @@ impl DeliveryHandle {
         let job = Job {
             envelope,
             body: body.and_then(carried),
+            as_of: Some(self.engine.commands.load(Ordering::SeqCst)),
         };
         if let Err(mpsc::error::TrySendError::Full(job)) = tx.try_send(job) {
             self.engine
@@ -171,6 +176,8 @@ pub struct Engine {
     dead_destinations: std::path::PathBuf,
     history: Arc<History>,
     suppressions: Arc<suppress::SuppressionList>,
+    /// Queue commands run so far (see [`Job::as_of`]).
+    commands: AtomicU64,
 }
 
 /// Starts the workers and the retry timer, and queues what recovery found. With
@@ -236,6 +243,7 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
                 let job = Job {
                     envelope,
                     body: None,
+                    as_of: None,
                 };
                 if free_jobs.send(job).await.is_err() {
                     break;
@@ -273,6 +281,7 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
                         .send(Job {
                             envelope,
                             body: None,
+                            as_of: None,
                         })
                         .await
                         .is_err()
@@ -322,6 +331,7 @@ impl Engine {
             dead_destinations,
             history,
             suppressions,
+            commands: AtomicU64::new(0),
         };
         (engine, recovered)
     }
@@ -337,18 +347,26 @@ impl Engine {
         let id = job.envelope.id.clone();
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
-        // Always work on the spool's current state (a queue command may have changed it).
+        // Work on the spool's current state (a queue command may have changed it), unless
+        // the job's is current: a message just accepted, and no command ran since.
         let engine = self.clone();
         let fresh_body = job.body;
+        let current = job.as_of == Some(self.commands.load(Ordering::SeqCst));
+        let fresh_envelope = job.envelope.clone();
         // A large message is read from its queue file in chunks as it is delivered.
-        let loaded = tokio::task::spawn_blocking(move || match fresh_body {
-            Some(b) => engine
-                .spool
-                .envelope(&id)
-                .map(|e| (e, MessageData::shared(b))),
-            None => engine.spool.message(&id),
-        })
-        .await;
+        let loaded = match (fresh_body, current) {
+            (Some(b), true) => Ok(Ok((fresh_envelope, MessageData::shared(b)))),
+            (fresh_body, _) => {
+                tokio::task::spawn_blocking(move || match fresh_body {
+                    Some(b) => engine
+                        .spool
+                        .envelope(&id)
+                        .map(|e| (e, MessageData::shared(b))),
+                    None => engine.spool.message(&id),
+                })
+                .await
+            }
+        };
         let (mut env, body) = match loaded {
             Ok(Ok(x)) => x,
             Ok(Err(SpoolError::NotFound(_))) => return,
@@ -365,14 +383,21 @@ impl Engine {
         let before = env.clone();
         let engine = self.clone();
         let local_body = body.clone();
-        env = match tokio::task::spawn_blocking(move || {
-            engine.deliver_local(&mut env, &local_body, now);
-            env
-        })
-        .await
-        {
-            Ok(e) => e,
-            Err(_) => return,
+        let local_due = env
+            .recipients
+            .iter()
+            .any(|r| r.is_pending() && r.local && r.next_attempt <= now);
+        env = match local_due {
+            false => env,
+            true => match tokio::task::spawn_blocking(move || {
+                engine.deliver_local(&mut env, &local_body, now);
+                env
+            })
+            .await
+            {
+                Ok(e) => e,
+                Err(_) => return,
+            },
         };
         self.deliver_remote(&mut env, &body, now).await;
         self.expire(&mut env, self.clock.now());

@@ -142,6 +142,7 @@ impl Rig {
             .process(Job {
                 envelope,
                 body: None,
+                as_of: None,
             })
             .await;
     }
