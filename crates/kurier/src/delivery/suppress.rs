@@ -57,7 +57,7 @@ pub fn is_hard_address_failure(f: &Failure) -> bool {
 pub struct SuppressionList {
     path: PathBuf,
     lock: PathBuf,
-    cache: Mutex<(Option<SystemTime>, BTreeMap<String, Suppressed>)>,
+    cache: Mutex<(Option<(u64, SystemTime)>, BTreeMap<String, Suppressed>)>,
 }
 
 impl SuppressionList {
@@ -73,8 +73,10 @@ impl SuppressionList {
     /// The entry for (sender, recipient) made since `since`, if any. A file that cannot be
     /// read counts as empty (and is logged): delivery goes on.
     pub fn find(&self, sender: &Mailbox, recipient: &Mailbox, since: u64) -> Option<Suppressed> {
+        // Each change replaces the file (a new inode): the inode tells a change apart even
+        // within one tick of the modification time.
         let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
+            .and_then(|m| Ok((std::os::unix::fs::MetadataExt::ino(&m), m.modified()?)))
             .ok();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.0 != mtime || mtime.is_none() {
