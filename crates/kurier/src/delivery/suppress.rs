@@ -53,11 +53,14 @@ pub fn is_hard_address_failure(f: &Failure) -> bool {
         && matches!((subject, detail), (1, 1 | 2 | 3 | 6 | 10) | (2, 1))
 }
 
+/// A version of the list file: its inode and modification time.
+type FileVersion = (u64, SystemTime);
+
 /// The list file and its lock.
 pub struct SuppressionList {
     path: PathBuf,
     lock: PathBuf,
-    cache: Mutex<(Option<(u64, SystemTime)>, BTreeMap<String, Suppressed>)>,
+    cache: Mutex<(Option<FileVersion>, BTreeMap<String, Suppressed>)>,
 }
 
 impl SuppressionList {
