@@ -1153,3 +1153,77 @@ fn a_rate_limit_spaces_deliveries_to_its_destination() {
         assert!(pair[1] - pair[0] >= 1900, "{times:?}");
     }
 }
+
+#[test]
+fn a_clean_shutdown_finishes_what_was_sent_and_delivers_nothing_twice() {
+    let (slow_ip, dead_ip) = (next_loopback(), next_loopback());
+    // The receiver answers the final dot of a slow* message after 3 s; the dead host
+    // accepts connections and never greets (its timeout here: 10 minutes).
+    let rx = Receiver::start(slow_ip);
+    let blackhole = std::net::TcpListener::bind((dead_ip, 25)).unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accepted = held.clone();
+    std::thread::spawn(move || {
+        for c in blackhole.incoming().flatten() {
+            accepted.lock().unwrap().push(c);
+        }
+    });
+    let dns = TestDns::start(vec![]);
+    let routes = format!(
+        "[[routes]]\ndomains = [\"slow.test\"]\nhost = \"{slow_ip}\"\n\
+         [[routes]]\ndomains = [\"dead.test\"]\nhost = \"{dead_ip}\"\n"
+    );
+    let mut s = origin(&dns, "remote_timeout = \"10m\"", &routes);
+    submit(&s, &["slow@slow.test"], &[], "on the wire at shutdown");
+    submit(
+        &s,
+        &["never@dead.test"],
+        &[],
+        "still connecting at shutdown",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The slow message's data went out right after it was accepted; its reply is due
+    // about 3 s after that. Stop now.
+    let stopping = Instant::now();
+    let status = s.terminate();
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    // Not the 10-minute timeout of the connection still waiting for a greeting.
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let log = s.log();
+    assert!(
+        log.contains("delivered") && log.contains("slow@slow.test"),
+        "the transaction under way finished: {log}"
+    );
+    assert_eq!(rx.wait_messages(1).len(), 1);
+    // The message still connecting stays queued, untried.
+    let queued = s.queued();
+    assert_eq!(queued.len(), 1, "{log}");
+    let shown = cli_ok(&s, &["queue", "list"]);
+    assert!(shown.contains("never@dead.test"), "{shown}");
+    let attempts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("never@dead.test") && !l.contains("message accepted"))
+        .collect();
+    assert!(attempts.is_empty(), "no attempt was logged: {attempts:?}");
+    // After the restart, the delivered message is not sent again: a later one arrives
+    // alone.
+    s.spawn();
+    submit(&s, &["after@slow.test"], &[], "after the restart");
+    let got = rx.wait_messages(2);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        list(rx.dir.path())
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .count(),
+        2,
+        "{}",
+        s.log()
+    );
+    assert!(String::from_utf8_lossy(&got[1].1).contains("Subject: after the restart"));
+}

@@ -152,6 +152,17 @@ pub fn route_position<'a>(
 /// for MX delivery. Its limits and dead-or-alive state are per destination.
 pub fn destination_of(routes: &[RouteConfig], domain: &str) -> String {
     route_position(routes.iter().map(|r| r.domains.as_slice()), domain)
-        .and_then(|i| routes[i].host.clone())
+        .and_then(|i| Some(next_hop(routes[i].host.as_deref()?, routes[i].port)))
         .unwrap_or_else(|| domain.to_ascii_lowercase())
+}
+
+/// A route's next hop as a destination's name: the host, with the port when it is not 25
+/// (two services on one host are two destinations, each with its own limits).
+pub fn next_hop(host: &str, port: u16) -> String {
+    let host = host.to_ascii_lowercase();
+    match (port, host.contains(':')) {
+        (25, _) => host,
+        (_, true) => format!("[{host}]:{port}"),
+        (_, false) => format!("{host}:{port}"),
+    }
 }

@@ -17,7 +17,8 @@ mod delivery;
 pub mod duration;
 
 pub use delivery::{
-    AddressPreference, DeliveryConfig, RouteConfig, TlsMode, destination_of, route_position,
+    AddressPreference, DeliveryConfig, RouteConfig, TlsMode, destination_of, next_hop,
+    route_position,
 };
 mod validate;
 

@@ -46,6 +46,8 @@ pub mod maildir;
 pub mod outcome;
 pub mod remote;
 pub mod scheduler;
+#[cfg(test)]
+mod scheduling_tests;
 pub mod smtp;
 pub mod suppress;
 #[cfg(test)]
@@ -200,9 +202,11 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
         let (engine, rx, stop) = (engine.clone(), rx.clone(), stop.clone());
         tracker.spawn(async move {
             loop {
+                // Stopping wins over a waiting job: it stays queued for the next start.
                 let job = tokio::select! {
-                    job = async { rx.lock().await.recv().await } => job,
+                    biased;
                     _ = stop.cancelled() => None,
+                    job = async { rx.lock().await.recv().await } => job,
                 };
                 let Some(job) = job else { break };
                 engine.process(job).await;
@@ -290,7 +294,9 @@ pub fn start(setup: Setup, stop: CancellationToken, tracker: &TaskTracker) -> De
                 }
             }
         }
-        // Stopping: pooled connections get their QUIT and close_notify.
+        // Stopping: no new delivery starts (those still connecting give up, untried), and
+        // pooled connections get their QUIT and close_notify.
+        timer_engine.outbound.stop_starting();
         timer_engine.outbound.close_all().await;
         destination::publish(&dead_file, &[]);
     });

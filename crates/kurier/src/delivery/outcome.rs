@@ -19,8 +19,8 @@ pub enum RemoteOutcome {
         /// It offered DSN (if not, the message is "relayed": no more reports will come).
         dsn: bool,
     },
-    /// Not tried: every connection the destination may have is in use. Put back for a few
-    /// seconds, not counted as an attempt.
+    /// Not tried: every connection the destination may have is in use, or the server is
+    /// stopping. Put back for a few seconds, not counted as an attempt.
     Busy,
     /// Not delivered.
     Failed {

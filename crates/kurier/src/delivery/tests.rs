@@ -25,11 +25,13 @@ const T0: u64 = 1_796_119_200; // Tue, 1 Dec 2026 10:00:00 +0000
 const BODY: &[u8] =
     b"From: <alice@src.test>\r\nSubject: hi\r\nMessage-ID: <m1@src.test>\r\n\r\nhello\r\n";
 
-struct Rig {
-    engine: Arc<Engine>,
-    store: Arc<MemoryStore>,
+pub(super) struct Rig {
+    pub(super) engine: Arc<Engine>,
+    pub(super) store: Arc<MemoryStore>,
     clock: Arc<FixedClock>,
     data: tempfile::TempDir,
+    /// What built the engine, for [`super::start`] (the scheduling tests run the workers).
+    pub(super) setup: Option<Setup>,
 }
 
 /// A writer that fails as a full disk does.
@@ -46,6 +48,14 @@ fn mailbox(s: &str) -> Mailbox {
 }
 
 fn rig_with(local: Option<Arc<dyn LocalDelivery>>) -> Rig {
+    rig_configured(local, |_| {})
+}
+
+/// The rig with the configuration changed by `tweak` (routes, limits).
+pub(super) fn rig_configured(
+    local: Option<Arc<dyn LocalDelivery>>,
+    tweak: impl FnOnce(&mut Config),
+) -> Rig {
     let data = tempfile::tempdir().unwrap();
     let mut config = Config {
         hostname: "mx.kurier.test".into(),
@@ -61,6 +71,7 @@ fn rig_with(local: Option<Arc<dyn LocalDelivery>>) -> Rig {
         "team@kurier.test".into(),
         AliasTargets::Many(vec!["alice@kurier.test".into(), "bob@kurier.test".into()]),
     );
+    tweak(&mut config);
     let config = Arc::new(config);
     let data_dir = DataDir::new(data.path());
     let dns = Arc::new(StaticDns::new());
@@ -72,24 +83,27 @@ fn rig_with(local: Option<Arc<dyn LocalDelivery>>) -> Rig {
             hostname: config.hostname.clone(),
         })
     });
-    let (engine, _) = Engine::new(Setup {
+    let setup = || Setup {
         spool: store.clone(),
-        local,
+        local: local.clone(),
         clock: clock.clone(),
         directory: Arc::new(Directory::new(&config, &data_dir)),
-        outbound: Arc::new(Outbound::new(&config, dns).unwrap()),
+        outbound: Arc::new(Outbound::new(&config, dns.clone()).unwrap()),
         signers: Arc::new(crate::dkim::Signers::load(&data_dir)),
-        config,
+        config: config.clone(),
         recovered: Vec::new(),
         dead_destinations: data.path().join("dead-destinations.json"),
         history: Arc::new(crate::history::History::off()),
         suppressions: Arc::new(super::suppress::SuppressionList::new(data.path())),
-    });
+    };
+    let (engine, _) = Engine::new(setup());
+    let setup = Some(setup());
     Rig {
         engine: Arc::new(engine),
         store,
         clock,
         data,
+        setup,
     }
 }
 
@@ -99,7 +113,7 @@ fn rig() -> Rig {
 
 impl Rig {
     /// Queues a message from `sender` (empty: `<>`) to `rcpts`, each with its NOTIFY.
-    fn queue(&self, sender: &str, rcpts: &[(&str, Option<Notify>)]) -> QueueId {
+    pub(super) fn queue(&self, sender: &str, rcpts: &[(&str, Option<Notify>)]) -> QueueId {
         self.queue_message(sender, rcpts, BODY)
     }
 

@@ -307,6 +307,15 @@ pub fn destination_dead(name: &str, failures: u32, wait: std::time::Duration, er
     );
 }
 
+/// The grace period ended with deliveries still waiting for their server: their messages
+/// stay queued and are sent again after the restart (a server that already had the whole
+/// message may get it twice; RFC 5321 §6.1 prefers that to losing it).
+pub fn deliveries_cut_at_shutdown() {
+    tracing::warn!(
+        "grace period over with deliveries still waiting for a reply: they are retried after the restart"
+    );
+}
+
 /// A queued message could not be read for delivery.
 pub fn queued_message_unreadable(id: &QueueId, error: &SpoolError) {
     tracing::error!(

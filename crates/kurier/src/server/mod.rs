@@ -49,8 +49,9 @@ pub mod privilege;
 const GREYLIST_SAVE_INTERVAL: Duration = Duration::from_secs(30);
 /// After the grace period, how long sessions get to send their 421 and close.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long delivery workers get to finish their attempt at shutdown.
-const WORKERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long delivery workers get at least to finish at shutdown, even when the sessions
+/// used up the grace period (pooled connections' QUIT takes up to 5 s).
+const WORKERS_MIN: Duration = Duration::from_secs(6);
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -343,14 +344,16 @@ impl Running {
 
     /// Graceful stop: no new connections; idle sessions get `421 4.3.2` at once, sessions in
     /// a transaction may finish it within `limits.shutdown_grace` and then get the 421
-    /// (RFC 5321 §3.8); delivery workers finish their attempt.
+    /// (RFC 5321 §3.8); delivery workers start nothing new and finish what runs, within the
+    /// same grace period.
     pub async fn shutdown(self) {
         let grace = self.config.limits.shutdown_grace;
         tracing::info!(grace = ?grace, "shutting down: no new connections, finishing transactions");
+        let deadline = tokio::time::Instant::now() + grace;
         self.stop.cancel();
         self.sessions.close();
         self.workers.close();
-        if tokio::time::timeout(grace, self.sessions.wait())
+        if tokio::time::timeout_at(deadline, self.sessions.wait())
             .await
             .is_err()
         {
@@ -358,7 +361,15 @@ impl Running {
             self.abort.cancel();
             let _ = tokio::time::timeout(ABORT_TIMEOUT, self.sessions.wait()).await;
         }
-        let _ = tokio::time::timeout(WORKERS_TIMEOUT, self.workers.wait()).await;
+        // Deliveries under way finish within the same grace period: one whose data was
+        // sent gets its reply recorded, so it is not sent again after the restart.
+        let workers_until = deadline.max(tokio::time::Instant::now() + WORKERS_MIN);
+        if tokio::time::timeout_at(workers_until, self.workers.wait())
+            .await
+            .is_err()
+        {
+            maillog::deliveries_cut_at_shutdown();
+        }
         let _ = std::fs::remove_file(self.data_dir.control_socket());
         let _ = std::fs::remove_file(self.data_dir.listening());
         tracing::info!("stopped");

@@ -101,6 +101,9 @@ pub struct Outbound {
     /// Which address family first, or only.
     preference: AddressPreference,
     pool: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    /// The server is stopping: no new connection or transaction is started; one under way
+    /// finishes (a message whose data was sent waits for its reply, so it is not sent twice).
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Outbound {
@@ -160,7 +163,14 @@ impl Outbound {
             ),
             preference: config.delivery.address_preference,
             pool: Mutex::new(HashMap::new()),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Stops starting deliveries (at shutdown): what is not yet connected is put back
+    /// untried, not counted as an attempt, and stays queued for the next start.
+    pub fn stop_starting(&self) {
+        self.stopping.cancel();
     }
 
     /// The route for a domain: an exact match, else a `*` route.
@@ -183,20 +193,29 @@ impl Outbound {
             outcomes: vec![o; n],
             notes: Vec::new(),
         };
+        if self.stopping.is_cancelled() {
+            return all(RemoteOutcome::Busy);
+        }
         let route_index = self.route_for(domain);
         let route = &self.routes[route_index];
         let hosts = match &route.host {
             Some(h) => vec![h.clone()],
-            None => match self.resolver.mx_hosts(domain).await {
-                Ok(h) => h.into_iter().map(|h| h.name).collect(),
-                Err(e) => return all(RemoteOutcome::from_route_error(&e)),
-            },
+            None => {
+                let found = tokio::select! {
+                    found = self.resolver.mx_hosts(domain) => found,
+                    _ = self.stopping.cancelled() => return all(RemoteOutcome::Busy),
+                };
+                match found {
+                    Ok(h) => h.into_iter().map(|h| h.name).collect(),
+                    Err(e) => return all(RemoteOutcome::from_route_error(&e)),
+                }
+            }
         };
         // The next hop: the route's host, or the domain (its MX hosts).
-        let destination = route
-            .host
-            .clone()
-            .unwrap_or_else(|| domain.to_ascii_lowercase());
+        let destination = match &route.host {
+            Some(host) => crate::config::next_hop(host, route.port),
+            None => domain.to_ascii_lowercase(),
+        };
         let slot = match self.destinations.admit(&destination, Instant::now()) {
             Admission::Go(slot) => slot,
             Admission::Busy => {
@@ -282,7 +301,7 @@ impl Outbound {
                             .await
                         {
                             Ok((result, dsn, reusable)) => {
-                                self.give_back(key.clone(), reusable);
+                                self.give_back(key.clone(), reusable).await;
                                 Some(Step::Done(result, dsn, mta))
                             }
                             // A pooled connection that went stale: a fresh one.
@@ -294,8 +313,10 @@ impl Outbound {
                 };
                 let step = match attempt {
                     Some(step) => step,
-                    None => match self.connect(addr, &host, route).await {
-                        Err(e) => {
+                    None => match self.connect_unless_stopping(addr, &host, route).await {
+                        // Stopping before the transaction: nothing was tried.
+                        None => return (all(RemoteOutcome::Busy), Contact::NotTried),
+                        Some(Err(e)) => {
                             maillog::next_hop_failed(&mta, &e.message);
                             tried = true;
                             unreachable = e.message.clone();
@@ -310,7 +331,7 @@ impl Outbound {
                                 return (all(last), Contact::Reached);
                             }
                         }
-                        Ok((conn, session)) => {
+                        Some(Ok((conn, session))) => {
                             let mta = with_tls(&mta, &conn, route);
                             // The server names itself as we do: this route or MX leads back
                             // to us.
@@ -321,7 +342,7 @@ impl Outbound {
                             }
                             match self.transact(conn, session, tx, body, &host, route).await {
                                 Ok((result, dsn, reusable)) => {
-                                    self.give_back(key, reusable);
+                                    self.give_back(key, reusable).await;
                                     Step::Done(result, dsn, mta)
                                 }
                                 Err(e) => Step::Failed(e, mta),
@@ -388,14 +409,28 @@ impl Outbound {
         list.pop()
     }
 
-    fn give_back(&self, key: PoolKey, reusable: Option<(Conn, ClientSession)>) {
-        if let Some((conn, session)) = reusable {
+    /// Pools a connection for the next message, or closes it politely when the server is
+    /// stopping (the pool's QUITs may have gone out already).
+    async fn give_back(&self, key: PoolKey, reusable: Option<(Conn, ClientSession)>) {
+        let Some((conn, session)) = reusable else {
+            return;
+        };
+        // Checked under the pool's lock: [`Outbound::close_all`] takes it after the stop.
+        let closing = {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.entry(key).or_default().push(Idle {
-                conn,
-                session,
-                since: Instant::now(),
-            });
+            if self.stopping.is_cancelled() {
+                Some((conn, session))
+            } else {
+                pool.entry(key).or_default().push(Idle {
+                    conn,
+                    session,
+                    since: Instant::now(),
+                });
+                None
+            }
+        };
+        if let Some((conn, session)) = closing {
+            close_politely(conn, session).await;
         }
     }
 

@@ -20,6 +20,21 @@ use crate::config::TlsMode;
 use crate::stream::Conn;
 
 impl Outbound {
+    /// [`Outbound::connect`], given up when the server starts stopping (`None`): the
+    /// connection, greeting, EHLO and TLS may take a whole timeout each, and no message
+    /// has been offered yet, so nothing is lost by trying again after the restart.
+    pub(super) async fn connect_unless_stopping(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        route: &Route,
+    ) -> Option<Result<(Conn, ClientSession), SessionError>> {
+        tokio::select! {
+            connected = self.connect(addr, host, route) => Some(connected),
+            _ = self.stopping.cancelled() => None,
+        }
+    }
+
     /// Connects and runs the session up to "ready for MAIL".
     pub(super) async fn connect(
         &self,
