@@ -321,30 +321,40 @@ impl Default for DotStuffer {
 }
 
 impl DotStuffer {
-    /// Encodes the next piece of the message into `out`.
+    /// Encodes the next piece of the message into `out`. Runs of text without CR or LF are
+    /// copied in one step; only line ends and a dot starting a line are looked at.
     pub fn push(&mut self, piece: &[u8], out: &mut Vec<u8>) {
         out.reserve(piece.len() + 8);
-        for &b in piece {
+        let mut rest = piece;
+        while let Some((&first, _)) = rest.split_first() {
             if self.pending_cr {
                 self.pending_cr = false;
                 out.extend_from_slice(b"\r\n");
                 self.at_line_start = true;
-                if b == b'\n' {
+                if first == b'\n' {
+                    rest = &rest[1..];
                     continue;
                 }
             }
-            match b {
-                b'\r' => self.pending_cr = true,
+            match first {
+                b'\r' => {
+                    self.pending_cr = true;
+                    rest = &rest[1..];
+                }
                 b'\n' => {
                     out.extend_from_slice(b"\r\n");
                     self.at_line_start = true;
+                    rest = &rest[1..];
                 }
-                b => {
-                    if self.at_line_start && b == b'.' {
+                _ => {
+                    // RFC 5321 §4.5.2: a line starting with a dot gets one more.
+                    if self.at_line_start && first == b'.' {
                         out.push(b'.');
                     }
-                    out.push(b);
+                    let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                    out.extend_from_slice(&rest[..end]);
                     self.at_line_start = false;
+                    rest = &rest[end..];
                 }
             }
         }

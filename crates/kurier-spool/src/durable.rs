@@ -11,6 +11,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// How [`write_atomic`] writes.
 #[derive(Debug, Clone)]
@@ -25,6 +26,9 @@ pub struct WriteOptions {
     pub owner: Option<(u32, u32)>,
     /// Replace an existing destination (`true`), or fail with `AlreadyExists`.
     pub replace: bool,
+    /// The destination directory's shared fsync, for a directory written by many at once
+    /// (the spool's queue); `None` opens and fsyncs the directory on each write.
+    pub dir_sync: Option<Arc<DirSync>>,
 }
 
 impl WriteOptions {
@@ -35,6 +39,7 @@ impl WriteOptions {
             tmp_dir: None,
             owner: None,
             replace: true,
+            dir_sync: None,
         }
     }
 
@@ -109,11 +114,12 @@ pub fn write_atomic_with(
         if options.replace {
             fs::rename(&tmp, dest)?;
         } else {
-            // link(2) refuses an existing name: nothing is overwritten.
-            fs::hard_link(&tmp, dest)?;
-            fs::remove_file(&tmp)?;
+            rename_without_replacing(&tmp, dest)?;
         }
-        sync_dir(dir)
+        match &options.dir_sync {
+            Some(shared) => shared.sync(),
+            None => sync_dir(dir),
+        }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -121,9 +127,100 @@ pub fn write_atomic_with(
     result
 }
 
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then), in one step where
+/// the kernel and file system can (renameat2 with RENAME_NOREPLACE), else with link(2),
+/// which refuses an existing name too, and an unlink.
+fn rename_without_replacing(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::errno::Errno;
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // A file system or kernel without the flag: the portable way below.
+            Err(Errno::EINVAL | Errno::ENOSYS) => {}
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)
+}
+
 /// Fsyncs a directory, so a rename or a new name in it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// One directory's fsync, shared by the writers that need it at the same moment (group
+/// commit). A writer that renamed its file into the directory waits for an fsync that
+/// started after its rename: the one running then does not count, the next one covers every
+/// writer that arrived meanwhile. Twenty messages committed at once cost a few directory
+/// fsyncs, not twenty, and none is acknowledged before its name is on disk.
+#[derive(Debug)]
+pub struct DirSync {
+    dir: File,
+    rounds: Mutex<Rounds>,
+    finished: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Rounds {
+    /// Fsyncs started so far; the one running, if any, is number `started`.
+    started: u64,
+    /// Fsyncs finished so far (they run one at a time, in order).
+    finished: u64,
+    running: bool,
+    /// The last fsync that failed: its waiters get an error, and so do those of an
+    /// earlier round that had not yet looked (an error too many is a 4xx, never a loss).
+    failed: u64,
+}
+
+impl DirSync {
+    /// Opens `dir` once; its descriptor is kept for every later fsync.
+    pub fn open(dir: &Path) -> io::Result<DirSync> {
+        Ok(DirSync {
+            dir: File::open(dir)?,
+            rounds: Mutex::new(Rounds::default()),
+            finished: Condvar::new(),
+        })
+    }
+
+    /// Returns once an fsync of the directory that started after this call has finished.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+        // The first round to start from now on: one already running may predate the
+        // caller's rename.
+        let needed = rounds.started + 1;
+        loop {
+            if rounds.finished >= needed {
+                return match rounds.failed >= needed {
+                    true => Err(io::Error::other("fsync of the directory failed")),
+                    false => Ok(()),
+                };
+            }
+            if rounds.running {
+                rounds = self
+                    .finished
+                    .wait(rounds)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            rounds.running = true;
+            rounds.started += 1;
+            let round = rounds.started;
+            drop(rounds);
+            let result = self.dir.sync_all();
+            rounds = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
+            rounds.running = false;
+            rounds.finished = round;
+            if result.is_err() {
+                rounds.failed = round;
+            }
+            self.finished.notify_all();
+            // `round` is `needed` (the caller's own round is never an earlier one).
+            return result;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +255,38 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&dest).unwrap(), b"first");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_shared_directory_fsync_runs_a_round_per_lone_caller_and_serves_a_crowd() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(DirSync::open(dir.path()).unwrap());
+        let options = WriteOptions {
+            replace: false,
+            dir_sync: Some(shared.clone()),
+            ..WriteOptions::private()
+        };
+        for i in 0..3 {
+            write_atomic(&dir.path().join(format!("m{i}")), &[b"x"], &options).unwrap();
+        }
+        let rounds = |s: &DirSync| {
+            let r = s.rounds.lock().unwrap();
+            (r.started, r.finished, r.running)
+        };
+        assert_eq!(rounds(&shared), (3, 3, false));
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let options = options.clone();
+                let dest = dir.path().join(format!("c{i}"));
+                std::thread::spawn(move || write_atomic(&dest, &[b"y"], &options))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let (started, finished, running) = rounds(&shared);
+        assert!(started <= 3 + 16 && started == finished && !running);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 19);
     }
 
     #[test]

@@ -4,10 +4,11 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::durable::{WriteOptions, write_atomic_with};
+use crate::durable::{DirSync, WriteOptions, write_atomic_with};
 use crate::envelope::{Envelope, QueueId};
 use crate::message_data::MessageData;
 use crate::v1::EnvelopeV1;
@@ -121,13 +122,17 @@ pub struct Recovery {
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
+    /// The queue directory's shared fsync: concurrent commits share a directory fsync.
+    queue_sync: Option<Arc<DirSync>>,
+    /// The same for the state directory.
+    state_sync: Option<Arc<DirSync>>,
 }
 
 impl Spool {
     /// Opens (creating if needed) the spool at `root` and recovers its content: empties
     /// `tmp/`, validates every queued message and quarantines the damaged ones.
     pub fn open(root: impl Into<PathBuf>) -> Result<(Spool, Recovery), SpoolError> {
-        let spool = Spool { root: root.into() };
+        let mut spool = Spool::attach(root);
         // Owner only, whatever the umask: queue files hold whole messages (and DSNs their
         // originals); the files themselves are written 0600 (`WriteOptions::private`).
         for dir in ["tmp", "queue", "state", "corrupt"] {
@@ -138,6 +143,7 @@ impl Spool {
                 .create(&p)
                 .map_err(io_err(&p))?;
         }
+        spool.open_dir_syncs();
         let recovery = spool.recover()?;
         Ok((spool, recovery))
     }
@@ -145,7 +151,21 @@ impl Spool {
     /// Uses an existing spool without recovery, for readers such as `kurier queue list`
     /// while a server runs (recovery would delete the server's files in progress).
     pub fn attach(root: impl Into<PathBuf>) -> Spool {
-        Spool { root: root.into() }
+        let mut spool = Spool {
+            root: root.into(),
+            queue_sync: None,
+            state_sync: None,
+        };
+        spool.open_dir_syncs();
+        spool
+    }
+
+    /// Opens the directories' shared fsyncs; a directory that cannot be opened now is
+    /// opened by path at each write instead (and the write reports why it failed).
+    fn open_dir_syncs(&mut self) {
+        let open = |dir: &str| DirSync::open(&self.root.join(dir)).ok().map(Arc::new);
+        self.queue_sync = open("queue");
+        self.state_sync = open("state");
     }
 
     /// The spool's root directory.
@@ -170,13 +190,7 @@ impl Spool {
                 reason,
             })?;
         let dest = self.queue_path(&envelope.id);
-        if dest.exists() {
-            return Err(SpoolError::Io {
-                path: dest,
-                source: io::Error::new(io::ErrorKind::AlreadyExists, "queue id already in use"),
-            });
-        }
-        self.write_durably(&[&head, body], &dest, None)
+        self.write_durably(&[&head, body], &dest, None, true)
     }
 
     /// [`Spool::commit`] for a message whose bytes are `parts` followed by the first `len`
@@ -198,15 +212,9 @@ impl Spool {
                 path: dest.clone(),
                 reason,
             })?;
-        if dest.exists() {
-            return Err(SpoolError::Io {
-                path: dest,
-                source: io::Error::new(io::ErrorKind::AlreadyExists, "queue id already in use"),
-            });
-        }
         let mut all = vec![head.as_slice()];
         all.extend_from_slice(parts);
-        self.write_durably(&all, &dest, rest)
+        self.write_durably(&all, &dest, rest, true)
     }
 
     /// A file for message data in transit, in `tmp/` (same file system as the queue, so the
@@ -235,18 +243,27 @@ impl Spool {
             path: dest.clone(),
             reason: e.to_string(),
         })?;
-        self.write_durably(&[STATE_MAGIC, &json], &dest, None)
+        self.write_durably(&[STATE_MAGIC, &json], &dest, None, false)
     }
 
-    /// The one durable write, with the temporary file in `tmp/` (emptied by recovery).
+    /// The one durable write, with the temporary file in `tmp/` (emptied by recovery). A
+    /// new message (in `queue/`) never replaces a file: a queue id already in use is
+    /// `AlreadyExists`. A state file (in `state/`) replaces the last one.
     fn write_durably(
         &self,
         parts: &[&[u8]],
         dest: &Path,
         tail: Option<(&File, u64)>,
+        new_message: bool,
     ) -> Result<(), SpoolError> {
+        let dir_sync = match new_message {
+            true => self.queue_sync.clone(),
+            false => self.state_sync.clone(),
+        };
         let options = WriteOptions {
             tmp_dir: Some(self.root.join("tmp")),
+            replace: !new_message,
+            dir_sync,
             ..WriteOptions::private()
         };
         write_atomic_with(dest, parts, tail, &options).map_err(io_err(dest))
@@ -548,10 +565,15 @@ mod tests {
         let body = b"Subject: x\r\n\r\nhello\r\n";
         let env = envelope(body);
         spool.commit(&env, body).unwrap();
-        assert!(
-            spool.commit(&env, body).is_err(),
-            "an id is never overwritten"
-        );
+        // An id is never overwritten, and the refused copy leaves nothing behind.
+        match spool.commit(&env, b"other") {
+            Err(SpoolError::Io { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::AlreadyExists)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(spool.load(&env.id).unwrap().1, body);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         drop(spool);
         let (spool, rec) = Spool::open(dir.path()).unwrap();
         assert_eq!(rec.queued, vec![env.clone()]);

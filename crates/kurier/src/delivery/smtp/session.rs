@@ -181,21 +181,30 @@ const SEND_PIECE: usize = 64 * 1024;
 
 /// The message, dot-stuffed piece by piece as it is read (from its queue file, for a large
 /// one), so that sending it never needs it whole in memory. The file is read with blocking
-/// positioned reads of one piece: a queue file just written is in the page cache.
+/// positioned reads of one piece: a queue file just written is in the page cache. The end of
+/// data goes out with the last piece, in the same write.
 async fn send_body(conn: &mut Conn, body: Option<&MessageData>) -> std::io::Result<()> {
     let mut stuffer = DotStuffer::default();
     let mut out = Vec::with_capacity(SEND_PIECE + 1024);
     let mut pos = 0u64;
+    let len = body.map_or(0, MessageData::len);
     while let Some(data) = body
-        && pos < data.len()
+        && pos < len
     {
         let piece = data.read_at(pos, SEND_PIECE)?;
+        if piece.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the queue file ended before the message",
+            ));
+        }
         pos += piece.len() as u64;
         out.clear();
         stuffer.push(&piece, &mut out);
-        conn.write_all(&out).await?;
+        if pos < len {
+            conn.write_all(&out).await?;
+        }
     }
-    out.clear();
     stuffer.finish(&mut out);
     conn.write_all(&out).await
 }
