@@ -7,7 +7,8 @@
 # wait until every message is in the Maildir and count them. A row with a missing message
 # is a failure, not a number.
 #
-# Usage: bench/compare.sh [quick]     (run as root: installs postfix, starts a private instance)
+# Usage: bench/compare.sh [quick]     (run as root: installs postfix, starts a private instance;
+#                                      ends with the outbound rows of bench/outbound.sh)
 #        BENCH_CASES="20:4096:2000 100:4096:2000" bench/compare.sh   (chosen rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -181,3 +182,18 @@ done
 echo
 echo "peak RSS: kurier $(awk '/VmHWM/ {print $2}' /proc/$KPID/status) kB (one process, peak); postfix $(postfix_rss_kb) kB (RSS of master and children summed at the end; shared pages count once per process)"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r); postfix $(/usr/sbin/postconf -c "$P/etc" -h mail_version)"
+
+# The outbound rows: each server relays to a sink on loopback, and a row sends a tenth more
+# to a blackholed host (bench/outbound.sh, started once this run's servers are stopped, so
+# that the two never share the machine). BENCH_OUTBOUND=0 leaves them out.
+if [ "${BENCH_OUTBOUND:-1}" != 0 ] && [ -z "${BENCH_CASES:-}" ]; then
+  cleanup
+  trap - EXIT
+  echo
+  echo "outbound, relayed to a sink (bench/outbound.sh):"
+  if [ "${1:-}" = "quick" ]; then
+    OUT_CASES="20:4096:1000 100:4096:1000 20:102400:200" OUT_DEAD=1000 "$ROOT/bench/outbound.sh"
+  else
+    "$ROOT/bench/outbound.sh"
+  fi
+fi
