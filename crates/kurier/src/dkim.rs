@@ -129,20 +129,74 @@ pub fn generate(
         ..WriteOptions::private()
     };
     write_atomic(&path, &[pem.as_bytes()], &once).map_err(file_err)?;
+    Ok((path, txt_record(selector, domain.as_str(), alg, &public)))
+}
+
+/// The TXT record that publishes a public key (RFC 6376 §3.6.1; RFC 8463 §4.2 for
+/// Ed25519), in zone-file form: long data as several quoted strings of at most 255
+/// characters, which resolvers join again (RFC 7208 §3.3 describes the same for SPF).
+fn txt_record(selector: &str, domain: &str, alg: Algorithm, public: &[u8]) -> String {
     let value = format!("v=DKIM1; k={}; p={}", alg.name(), BASE64.encode(public));
-    // Zone files take long TXT data as several quoted strings of at most 255 characters.
     let quoted: Vec<String> = value
         .as_bytes()
         .chunks(255)
         .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
         .collect();
-    Ok((
-        path,
-        format!(
-            "{selector}._domainkey.{domain}. IN TXT {}",
-            quoted.join(" ")
-        ),
-    ))
+    format!(
+        "{selector}._domainkey.{domain}. IN TXT {}",
+        quoted.join(" ")
+    )
+}
+
+/// The TXT records of every key `domain` has under `<data_dir>/dkim/`, derived from the
+/// private keys (what `kurier dns records` prints), in selector order.
+pub fn published_records(data_dir: &DataDir, domain: &Domain) -> Result<Vec<String>, DkimError> {
+    let dir = data_dir.dkim_domain(domain);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(DkimError::File {
+                path: dir,
+                message: e.to_string(),
+            });
+        }
+    };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|f| f.path()).collect();
+    files.sort();
+    let mut records = Vec::new();
+    for path in files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let Some((selector, alg)) = name.strip_suffix(".key").and_then(|n| n.rsplit_once('.'))
+        else {
+            continue;
+        };
+        let bad = |message: String| DkimError::File {
+            path: path.clone(),
+            message,
+        };
+        let der = PrivatePkcs8KeyDer::from_pem_file(&path).map_err(|e| bad(e.to_string()))?;
+        let (alg, public) = match alg {
+            "ed25519" => {
+                let key = Ed25519Key::from_pkcs8_der(der.secret_pkcs8_der())
+                    .map_err(|e| bad(e.to_string()))?;
+                (Algorithm::Ed25519, key.public_key())
+            }
+            "rsa" => {
+                let key = aws_lc_rs::rsa::KeyPair::from_pkcs8(der.secret_pkcs8_der())
+                    .map_err(|e| bad(e.to_string()))?;
+                let spki: PublicKeyX509Der<'static> =
+                    key.public_key().as_der().map_err(|e| bad(e.to_string()))?;
+                (Algorithm::Rsa, spki.as_ref().to_vec())
+            }
+            other => return Err(bad(format!("unknown algorithm {other:?}"))),
+        };
+        records.push(txt_record(selector, domain.as_str(), alg, &public));
+    }
+    Ok(records)
 }
 
 /// A ready signer for one key (domain, selector, headers and canonicalization set).
@@ -293,5 +347,26 @@ impl Signers {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_published_record_is_the_one_printed_at_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::new(dir.path());
+        let domain = Domain::parse("example.org").unwrap();
+        assert!(published_records(&data_dir, &domain).unwrap().is_empty());
+        let (_, rsa) = generate(&data_dir, &domain, "a2026", Algorithm::Rsa).unwrap();
+        let (_, ed) = generate(&data_dir, &domain, "b2026", Algorithm::Ed25519).unwrap();
+        assert_eq!(published_records(&data_dir, &domain).unwrap(), [rsa, ed]);
+        // A damaged key file is an error naming it, not a record left out.
+        fs::write(data_dir.dkim_domain(&domain).join("c.rsa.key"), "junk").unwrap();
+        let e = published_records(&data_dir, &domain).unwrap_err();
+        assert!(e.to_string().contains("c.rsa.key"), "{e}");
     }
 }

@@ -42,6 +42,9 @@ enum Command {
     /// DKIM signing keys.
     #[command(subcommand)]
     Dkim(cli::dkim::DkimCmd),
+    /// The DNS records a local domain needs (MX, SPF, DKIM, DMARC, TLS-RPT, TLSA).
+    #[command(subcommand)]
+    Dns(cli::dns::DnsCmd),
 }
 
 fn main() -> ExitCode {
@@ -139,6 +142,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (config, data_dir, _) = load_config(&cli)?;
             cli::as_data_dir_owner(&config, &data_dir)?;
             cli::dkim::run(cmd, &config, &data_dir)
+        }
+        Command::Dns(cmd) => {
+            let (config, data_dir, _) = load_config(&cli)?;
+            cli::dns::run(cmd, &config, &data_dir)
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dkim;
+pub mod dns;
 pub mod history;
 pub mod queue;
 pub mod suppress;

@@ -66,6 +66,26 @@ pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     Ok(CertifiedKey { chain, key })
 }
 
+/// The TLSA record data for DANE-EE with the public key's SHA-256 (RFC 7671 §5.1 "3 1 1",
+/// the form RFC 7672 §3.1.1 recommends for SMTP): it names the key, not the certificate,
+/// so it stays right when a certificate is renewed over the same key.
+pub fn tlsa_3_1_1(cert: &Path) -> Result<String, TlsError> {
+    let bad = |message: String| TlsError::Pem {
+        path: cert.to_path_buf(),
+        message,
+    };
+    let leaf = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("no certificate found".into()))?
+        .map_err(|e| bad(e.to_string()))?;
+    let parsed = webpki::EndEntityCert::try_from(&leaf).map_err(|e| bad(format!("{e:?}")))?;
+    let spki = parsed.subject_public_key_info();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, spki.as_ref());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("3 1 1 {hex}"))
+}
+
 /// Loads `<data_dir>/tls/{cert,key}.pem`, generating them for `hostname` when absent.
 /// Returns the key and whether it was generated now.
 pub fn load_or_generate(
@@ -173,6 +193,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn tlsa_names_the_certificate_key() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_generate(&DataDir::new(dir.path()), "mx.test").unwrap();
+        let tlsa = tlsa_3_1_1(&dir.path().join("tls/cert.pem")).unwrap();
+        // The same hash from the private key's side (rcgen derives the public key itself).
+        let key = fs::read_to_string(dir.path().join("tls/key.pem")).unwrap();
+        use rcgen::PublicKeyData as _;
+        let spki = rcgen::KeyPair::from_pem(&key)
+            .unwrap()
+            .subject_public_key_info();
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(tlsa, format!("3 1 1 {hex}"));
+        assert!(tlsa_3_1_1(&dir.path().join("tls/key.pem")).is_err());
     }
 
     #[test]
