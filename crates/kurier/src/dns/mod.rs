@@ -258,6 +258,53 @@ impl MxResolver {
         None
     }
 
+    /// The MX records a domain publishes, as published (no implicit MX, null MX kept as
+    /// an empty name): what `kurier dns check` compares with the configuration.
+    pub async fn mx_records(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some(MxHost {
+                        name: mx
+                            .exchange
+                            .to_ascii()
+                            .trim_end_matches('.')
+                            .to_ascii_lowercase(),
+                        preference: mx.preference,
+                    }),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(RouteError::Temporary(domain.to_string(), e.to_string())),
+        }
+    }
+
+    /// The TXT records of a name, each as its strings joined (RFC 7208 §3.3, RFC 6376
+    /// §3.6.2.2); empty when there are none.
+    pub async fn txt_records(&self, name: &str) -> Result<Vec<Vec<u8>>, RouteError> {
+        match self.resolver.txt_lookup(name).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .flat_map(|s| s.iter().copied())
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(RouteError::Temporary(name.to_string(), e.to_string())),
+        }
+    }
+
     /// IPv4 addresses of a name (for DNSBL queries); empty when it does not exist.
     pub async fn a_records(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, RouteError> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));

@@ -21,7 +21,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use hickory_resolver::proto::rr::RData;
 use mail_auth::SpfResult;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache, SpfOutput, Txt};
@@ -205,23 +204,7 @@ fn is_checkable_domain(domain: &str) -> bool {
 
 /// The TXT records of a name, each as its strings joined (RFC 7208 §3.3).
 async fn txt_records(resolver: &MxResolver, name: &str) -> Result<Vec<Vec<u8>>, ()> {
-    match resolver.resolver().txt_lookup(name).await {
-        Ok(lookup) => Ok(lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(txt) => Some(
-                    txt.txt_data
-                        .iter()
-                        .flat_map(|s| s.iter().copied())
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .collect()),
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
-        Err(_) => Err(()),
-    }
+    resolver.txt_records(name).await.map_err(|_| ())
 }
 
 /// Which record type a lookup was for.

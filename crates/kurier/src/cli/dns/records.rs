@@ -1,70 +1,8 @@
-//! `kurier dns records DOMAIN`: the DNS records a local domain needs for mail to and from
-//! this server, as zone-file lines to paste, derived from the configuration, the DKIM keys
-//! and the certificate, so the first setup does not depend on copying values by hand.
+//! The zone-file lines of `kurier dns records`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use clap::Subcommand;
 use kurier_smtp::Domain;
-
-use crate::config::Config;
-use crate::data_dir::DataDir;
-
-#[derive(Subcommand)]
-pub enum DnsCmd {
-    /// Print the records to publish for a local domain (MX, A/AAAA, SPF, DKIM, DMARC,
-    /// TLS-RPT, TLSA), in zone-file syntax with absolute names.
-    Records {
-        /// The domain (one of `domains`).
-        domain: String,
-        /// The server's public IPv4 address: prints its A record and the PTR to ask for.
-        #[arg(long, value_name = "ADDRESS")]
-        ipv4: Vec<Ipv4Addr>,
-        /// The server's public IPv6 address: prints its AAAA record and the PTR to ask for.
-        #[arg(long, value_name = "ADDRESS")]
-        ipv6: Vec<Ipv6Addr>,
-    },
-}
-
-/// Carries out a `kurier dns` command. The configured certificate is read as the caller
-/// (it may sit in a directory only root reads); the data directory's keys and generated
-/// certificate only after becoming its owner.
-pub fn run(cmd: &DnsCmd, config: &Config, data_dir: &DataDir) -> anyhow::Result<()> {
-    let DnsCmd::Records { domain, ipv4, ipv6 } = cmd;
-    let local = Domain::parse(domain)
-        .ok()
-        .filter(|d| config.local_domains().contains(d));
-    let Some(domain) = local else {
-        anyhow::bail!(
-            "{domain} is not a local domain (local domains: {})",
-            config.domains.join(", ")
-        );
-    };
-    let mut tlsa = config
-        .tls
-        .certificate
-        .as_deref()
-        .map(crate::tls::tlsa_3_1_1)
-        .transpose()?;
-    let mut dkim = Vec::new();
-    if data_dir.root().is_dir() {
-        super::as_data_dir_owner(config, data_dir)?;
-        dkim = crate::dkim::published_records(data_dir, &domain)?;
-        if tlsa.is_none() && data_dir.tls_cert().exists() {
-            tlsa = Some(crate::tls::tlsa_3_1_1(&data_dir.tls_cert())?);
-        }
-    }
-    let zone = Zone {
-        domain: &domain,
-        host: &config.hostname,
-        ipv4,
-        ipv6,
-        dkim: &dkim,
-        tlsa: tlsa.as_deref(),
-    };
-    print!("{}", zone.records());
-    Ok(())
-}
 
 /// What the records are made of.
 pub struct Zone<'a> {
