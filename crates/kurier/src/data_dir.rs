@@ -7,6 +7,7 @@
 //!   spool/             the queue (kurier-spool)
 //!   mail/<domain>/<local part>/   Maildirs
 //!   users.toml, users.lock        users added with `kurier user`
+//!   dovecot-passwd     the users again, for Dovecot's passwd-file passdb
 //!   tls/cert.pem, tls/key.pem     the self-signed certificate, when none is configured
 //!   dkim/<domain>/<selector>.<algorithm>.key
 //!   greylist.json      greylisting state
@@ -28,6 +29,7 @@ pub const KURIER_ENTRIES: &[&str] = &[
     "mail",
     "users.toml",
     "users.lock",
+    "dovecot-passwd",
     "tls",
     "dkim",
     "greylist.json",
@@ -98,6 +100,11 @@ impl DataDir {
     /// The users file `kurier user` edits.
     pub fn users_file(&self) -> PathBuf {
         self.0.join("users.toml")
+    }
+
+    /// The users as a Dovecot passwd-file, for IMAP and POP3 logins.
+    pub fn dovecot_passwd(&self) -> PathBuf {
+        self.0.join("dovecot-passwd")
     }
 
     /// The lock that serializes edits of the users file.

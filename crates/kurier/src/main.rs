@@ -45,6 +45,9 @@ enum Command {
     /// The DNS records a local domain needs (MX, SPF, DKIM, DMARC, TLS-RPT, TLSA).
     #[command(subcommand)]
     Dns(cli::dns::DnsCmd),
+    /// IMAP and POP3 through Dovecot on Kurier's Maildirs.
+    #[command(subcommand)]
+    Dovecot(cli::dovecot::DovecotCmd),
 }
 
 fn main() -> ExitCode {
@@ -146,6 +149,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dns(cmd) => {
             let (config, data_dir, _) = load_config(&cli)?;
             cli::dns::run(cmd, &config, &data_dir)
+        }
+        Command::Dovecot(cmd) => {
+            let (config, data_dir, _) = load_config(&cli)?;
+            cli::dovecot::run(cmd, &config, &data_dir)
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dkim;
 pub mod dns;
+pub mod dovecot;
 pub mod history;
 pub mod queue;
 pub mod suppress;

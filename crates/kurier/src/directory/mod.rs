@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::data_dir::{DataDir, UnsafeMailboxName};
 
 pub mod aliases;
+pub mod dovecot;
 pub mod password;
 pub mod users;
 

@@ -166,7 +166,9 @@ pub fn change_user(
     // data directory's owner before it got here (see `server::privilege`); the file is
     // written as that user, under a fresh random name, so a planted link is never followed.
     write_atomic(&path, &[text.as_bytes()], &WriteOptions::private()).map_err(file_err)?;
-    Ok(())
+    // Dovecot's copy changes with it, under the same lock: a user added can log in to IMAP
+    // at once, a user removed cannot.
+    super::dovecot::write_passwd(config, data_dir)
 }
 
 /// Opens (creating, mode 0600) a lock file without following a symbolic link and without

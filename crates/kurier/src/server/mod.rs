@@ -201,6 +201,10 @@ pub async fn start(config: Config, data_dir: DataDir) -> Result<Running, StartEr
     );
     let directory = Arc::new(Directory::new(&config, &data_dir));
     directory.check_aliases()?;
+    // The config's [users] may have changed since the last start.
+    if let Err(e) = crate::directory::dovecot::write_passwd(&config, &data_dir) {
+        tracing::warn!(error = %e, "cannot write the users for Dovecot");
+    }
     let stop = CancellationToken::new();
     let abort = CancellationToken::new();
     let workers = TaskTracker::new();

@@ -29,7 +29,7 @@ pub struct TestServer {
 
 /// Distinct free ports: all sockets are held until every port is known, so the same port
 /// cannot come back twice.
-fn free_ports<const N: usize>() -> [u16; N] {
+pub fn free_ports<const N: usize>() -> [u16; N] {
     // Below Linux's ephemeral range (32768 and up): no outgoing connection and no bind to
     // port 0 is ever given these ports, so nothing takes one between this check and the
     // server's bind. A start derived from the process id keeps test processes apart; all
